@@ -1,0 +1,32 @@
+"""`hf_transformer`: the Transformer of "Attention Is All You Need" as a Hugging Face `transformers` model.
+
+Importing the package registers the model with the Auto classes (`AutoConfig`, `AutoModel`,
+`AutoModelForSeq2SeqLM`) and marks its classes for `trust_remote_code` export, so `save_pretrained` writes the
+configuration and modeling files next to the weights.
+"""
+
+from transformers import AutoConfig, AutoModel, AutoModelForSeq2SeqLM
+
+from .configuration_vaswani import VaswaniConfig
+from .modeling_vaswani import (
+    VaswaniForConditionalGeneration,
+    VaswaniModel,
+    VaswaniPreTrainedModel,
+    shift_tokens_right,
+)
+
+AutoConfig.register(VaswaniConfig.model_type, VaswaniConfig, exist_ok=True)
+AutoModel.register(VaswaniConfig, VaswaniModel, exist_ok=True)
+AutoModelForSeq2SeqLM.register(VaswaniConfig, VaswaniForConditionalGeneration, exist_ok=True)
+
+VaswaniConfig.register_for_auto_class("AutoConfig")
+VaswaniModel.register_for_auto_class("AutoModel")
+VaswaniForConditionalGeneration.register_for_auto_class("AutoModelForSeq2SeqLM")
+
+__all__ = [
+    "VaswaniConfig",
+    "VaswaniPreTrainedModel",
+    "VaswaniModel",
+    "VaswaniForConditionalGeneration",
+    "shift_tokens_right",
+]

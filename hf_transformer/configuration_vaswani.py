@@ -1,0 +1,146 @@
+"""Configuration of the Transformer of "Attention Is All You Need" (Vaswani et al., 2017).
+
+Field names follow Marian/BART in `transformers` so that tooling written for them (the cache builder,
+`generate()`, the Auto classes) reads ours unchanged. Defaults are the paper's base model (Table 3).
+This file imports only `transformers`: it is copied next to the weights for `trust_remote_code`.
+"""
+
+from transformers import PreTrainedConfig
+
+POSITION_EMBEDDING_TYPES = ("sinusoidal", "learned")
+ACTIVATION_FUNCTIONS = ("relu", "gelu", "gelu_new", "silu", "swish", "tanh")
+
+# Written into every saved config so that the folder loads with `trust_remote_code=True` on a machine where
+# this package is not installed (save_pretrained copies the two files named here next to the weights).
+AUTO_MAP = {
+    "AutoConfig": "configuration_vaswani.VaswaniConfig",
+    "AutoModel": "modeling_vaswani.VaswaniModel",
+    "AutoModelForSeq2SeqLM": "modeling_vaswani.VaswaniForConditionalGeneration",
+}
+
+
+class VaswaniConfig(PreTrainedConfig):
+    r"""Configuration of [`VaswaniModel`] and [`VaswaniForConditionalGeneration`].
+
+    Args:
+        vocab_size: size of the shared source/target vocabulary (§3.4: one BPE vocabulary, one embedding matrix).
+        d_model: width of every sublayer output, D in the paper (base 512, big 1024).
+        encoder_layers / decoder_layers: N, the number of identical layers of each stack (6).
+        encoder_attention_heads / decoder_attention_heads: h, heads per multi-head attention (8 base, 16 big).
+        encoder_ffn_dim / decoder_ffn_dim: d_ff, inner size of the position-wise feed-forward network (4 * D).
+        dropout: P_drop on every sublayer output and on embeddings + positions (§5.4; 0.1 base, 0.3 big).
+        attention_dropout: dropout on the attention probabilities (not in the paper; tensor2tensor uses it).
+        activation_dropout: dropout after the FFN activation (not in the paper).
+        activation_function: FFN non-linearity; the paper's is "relu" (§3.3).
+        max_position_embeddings: longest sequence the positional table covers (source and target).
+        scale_embedding: multiply token embeddings by sqrt(d_model) (§3.4).
+        position_embedding_type: "sinusoidal" (§3.5) or "learned" (Table 3, row E).
+        normalize_before: False is the paper's post-LN, LayerNorm(x + Sublayer(x)); True is pre-LN,
+            x + Sublayer(LayerNorm(x)), with a final LayerNorm after each stack.
+        tie_word_embeddings: tie the output projection to the shared embedding (three-way tying, §3.4).
+        init_std: standard deviation of the embedding init; None means d_model ** -0.5 (fairseq's choice).
+    """
+
+    model_type = "vaswani"
+    keys_to_ignore_at_inference = ["past_key_values"]
+    attribute_map = {
+        "hidden_size": "d_model",
+        "num_attention_heads": "encoder_attention_heads",
+        "num_hidden_layers": "encoder_layers",
+    }
+
+    vocab_size: int = 37000
+    d_model: int = 512
+    encoder_layers: int = 6
+    decoder_layers: int = 6
+    encoder_attention_heads: int = 8
+    decoder_attention_heads: int = 8
+    encoder_ffn_dim: int = 2048
+    decoder_ffn_dim: int = 2048
+    dropout: float = 0.1
+    attention_dropout: float = 0.0
+    activation_dropout: float = 0.0
+    activation_function: str = "relu"
+    max_position_embeddings: int = 1024
+    scale_embedding: bool = True
+    position_embedding_type: str = "sinusoidal"
+    normalize_before: bool = False
+    init_std: float | None = None
+    pad_token_id: int | None = 0
+    bos_token_id: int | None = 1
+    eos_token_id: int | None = 2
+    decoder_start_token_id: int | None = 1
+    tie_word_embeddings: bool = True
+    is_encoder_decoder: bool = True
+    use_cache: bool = True
+
+    def __post_init__(self, **kwargs):
+        if getattr(self, "auto_map", None) is None and "auto_map" not in kwargs:
+            kwargs["auto_map"] = dict(AUTO_MAP)
+        super().__post_init__(**kwargs)
+        self.check()
+
+    # Table 3 of the paper. Both take the vocabulary size because the paper's ~37k is corpus-specific.
+    @classmethod
+    def base(cls, vocab_size: int = 37000, **overrides) -> "VaswaniConfig":
+        """Transformer base: N=6, D=512, d_ff=2048, h=8, P_drop=0.1 (65M parameters with 37k tokens)."""
+        return cls(vocab_size=vocab_size, **overrides)
+
+    @classmethod
+    def big(cls, vocab_size: int = 37000, **overrides) -> "VaswaniConfig":
+        """Transformer big: N=6, D=1024, d_ff=4096, h=16, P_drop=0.3 (213M parameters with 37k tokens)."""
+        sizes = dict(
+            d_model=1024,
+            encoder_ffn_dim=4096,
+            decoder_ffn_dim=4096,
+            encoder_attention_heads=16,
+            decoder_attention_heads=16,
+            dropout=0.3,
+        )
+        return cls(vocab_size=vocab_size, **{**sizes, **overrides})
+
+    def check(self) -> None:
+        """Raise a ValueError naming the first invalid field, its value and what is allowed."""
+        for name in ("vocab_size", "d_model", "encoder_layers", "decoder_layers", "encoder_attention_heads",
+                     "decoder_attention_heads", "encoder_ffn_dim", "decoder_ffn_dim", "max_position_embeddings"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"`{name}` must be a positive integer, got {value!r}.")
+        for name in ("encoder_attention_heads", "decoder_attention_heads"):
+            heads = getattr(self, name)
+            if self.d_model % heads != 0:
+                raise ValueError(
+                    f"`d_model` ({self.d_model}) must be divisible by `{name}` ({heads}): each head has size "
+                    f"d_model / heads (§3.2.2). Allowed head counts for d_model={self.d_model}: "
+                    f"{[h for h in range(1, min(self.d_model, 64) + 1) if self.d_model % h == 0]}."
+                )
+        for name in ("dropout", "attention_dropout", "activation_dropout"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
+                raise ValueError(f"`{name}` must be a probability in [0, 1), got {value!r}.")
+        if self.position_embedding_type not in POSITION_EMBEDDING_TYPES:
+            raise ValueError(
+                f"`position_embedding_type` must be one of {list(POSITION_EMBEDDING_TYPES)}, "
+                f"got {self.position_embedding_type!r}."
+            )
+        if self.activation_function not in ACTIVATION_FUNCTIONS:
+            raise ValueError(
+                f"`activation_function` must be one of {list(ACTIVATION_FUNCTIONS)}, got {self.activation_function!r}."
+            )
+        if self.init_std is not None and not (isinstance(self.init_std, (int, float)) and self.init_std > 0):
+            raise ValueError(f"`init_std` must be a positive float or None (d_model ** -0.5), got {self.init_std!r}.")
+        for name in ("scale_embedding", "normalize_before", "tie_word_embeddings", "is_encoder_decoder", "use_cache"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"`{name}` must be True or False, got {getattr(self, name)!r}.")
+        for name in ("pad_token_id", "bos_token_id", "eos_token_id", "decoder_start_token_id"):
+            value = getattr(self, name)
+            if name in ("pad_token_id", "decoder_start_token_id") and value is None:
+                raise ValueError(f"`{name}` is required: an id in [0, {self.vocab_size - 1}].")
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int)
+                                      or not 0 <= value < self.vocab_size):
+                raise ValueError(
+                    f"`{name}` must be a token id in [0, vocab_size - 1] = [0, {self.vocab_size - 1}], got {value!r}."
+                )
+
+
+__all__ = ["VaswaniConfig"]

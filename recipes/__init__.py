@@ -1,0 +1,1 @@
+"""Experiments as data: YAML configurations for the Lightning CLI, under `recipes/configs/`."""

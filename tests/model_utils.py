@@ -1,0 +1,42 @@
+"""Small models and inputs shared by the model tests."""
+
+import torch
+
+from hf_transformer import VaswaniConfig, VaswaniForConditionalGeneration
+
+
+def tiny_config(**overrides) -> VaswaniConfig:
+    """Two layers of width 32 over a 101-token vocabulary: big enough to exercise everything, fast on CPU."""
+    values = dict(
+        vocab_size=101,
+        d_model=32,
+        encoder_layers=2,
+        decoder_layers=2,
+        encoder_attention_heads=4,
+        decoder_attention_heads=4,
+        encoder_ffn_dim=64,
+        decoder_ffn_dim=64,
+        dropout=0.0,
+        max_position_embeddings=64,
+    )
+    values.update(overrides)
+    return VaswaniConfig(**values)
+
+
+def tiny_model(seed: int = 0, **overrides) -> VaswaniForConditionalGeneration:
+    torch.manual_seed(seed)
+    return VaswaniForConditionalGeneration(tiny_config(**overrides)).eval()
+
+
+def source_batch(seed: int = 1, batch: int = 3, length: int = 9, vocab: int = 101):
+    """Right-padded source ids (ids >= 4: no special tokens inside), ending in </s>, and their attention mask."""
+    generator = torch.Generator().manual_seed(seed)
+    ids = torch.randint(4, vocab, (batch, length), generator=generator)
+    mask = torch.ones_like(ids)
+    for row in range(1, batch):  # rows get shorter: row r has `length - 2 r` real tokens
+        real = max(2, length - 2 * row)
+        ids[row, real:] = 0
+        mask[row, real:] = 0
+        ids[row, real - 1] = 2
+    ids[0, -1] = 2
+    return ids, mask
