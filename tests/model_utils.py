@@ -40,3 +40,30 @@ def source_batch(seed: int = 1, batch: int = 3, length: int = 9, vocab: int = 10
         ids[row, real - 1] = 2
     ids[0, -1] = 2
     return ids, mask
+
+
+def reverse_task_batch(generator: torch.Generator, batch: int, max_length: int = 8, vocab: int = 101):
+    """Random sequences of 1..max_length tokens -> the same tokens reversed. Returns padded source ids + </s>,
+    their mask, and labels (reversed tokens + </s>, -100 on padding)."""
+    lengths = torch.randint(1, max_length + 1, (batch,), generator=generator)
+    input_ids = torch.zeros(batch, max_length + 1, dtype=torch.long)
+    labels = torch.full((batch, max_length + 1), -100, dtype=torch.long)
+    for row, length in enumerate(lengths.tolist()):
+        tokens = torch.randint(4, vocab, (length,), generator=generator)
+        input_ids[row, : length + 1] = torch.cat([tokens, torch.tensor([2])])
+        labels[row, : length + 1] = torch.cat([tokens.flip(0), torch.tensor([2])])
+    return input_ids, (input_ids != 0).long(), labels
+
+
+def train_reverse_model(steps: int, seed: int = 0, **overrides):
+    """Adam with the paper's betas on the reverse task; returns the model in eval mode."""
+    model = tiny_model(seed=seed, **overrides).train()
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3, betas=(0.9, 0.98), eps=1e-9)
+    generator = torch.Generator().manual_seed(seed)
+    for _ in range(steps):
+        input_ids, attention_mask, labels = reverse_task_batch(generator, 64)
+        loss = model(input_ids=input_ids, attention_mask=attention_mask, labels=labels).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return model.eval()
