@@ -14,6 +14,8 @@ from .modeling_vaswani import (
     VaswaniPreTrainedModel,
     shift_tokens_right,
 )
+from .tokenization_vaswani import SPECIAL_TOKEN_IDS, iter_parallel_texts, load_tokenizer, train_tokenizer
+from .translation import VaswaniTranslationPipeline, translate
 
 AutoConfig.register(VaswaniConfig.model_type, VaswaniConfig, exist_ok=True)
 AutoModel.register(VaswaniConfig, VaswaniModel, exist_ok=True)
@@ -29,4 +31,10 @@ __all__ = [
     "VaswaniModel",
     "VaswaniForConditionalGeneration",
     "shift_tokens_right",
+    "SPECIAL_TOKEN_IDS",
+    "train_tokenizer",
+    "load_tokenizer",
+    "iter_parallel_texts",
+    "translate",
+    "VaswaniTranslationPipeline",
 ]

@@ -55,10 +55,14 @@ def reverse_task_batch(generator: torch.Generator, batch: int, max_length: int =
     return input_ids, (input_ids != 0).long(), labels
 
 
-def train_reverse_model(steps: int, seed: int = 0, **overrides):
-    """Adam with the paper's betas on the reverse task; returns the model in eval mode."""
+def train_reverse_model(steps: int, seed: int = 0, peak_lr: float = 5e-3, warmup: int = 60, **overrides):
+    """Adam(0.9, 0.98, 1e-9) with the paper's warmup then inverse-square-root decay (§5.3) on the reverse task,
+    batches of 64; returns the model in eval mode."""
     model = tiny_model(seed=seed, **overrides).train()
-    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3, betas=(0.9, 0.98), eps=1e-9)
+    optimizer = torch.optim.Adam(model.parameters(), lr=peak_lr, betas=(0.9, 0.98), eps=1e-9)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: min((step + 1) / warmup, (warmup / (step + 1)) ** 0.5)
+    )
     generator = torch.Generator().manual_seed(seed)
     for _ in range(steps):
         input_ids, attention_mask, labels = reverse_task_batch(generator, 64)
@@ -66,4 +70,5 @@ def train_reverse_model(steps: int, seed: int = 0, **overrides):
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
+        schedule.step()
     return model.eval()

@@ -1,0 +1,128 @@
+"""Translating text: a `translate()` helper and a pipeline task, since transformers 5 removed
+`pipeline("translation")`.
+
+    from hf_transformer import translate
+    translate(["Ein Hund rennt."], model, tokenizer)              # paper decoding: beam 4, alpha 0.6
+
+    from transformers import pipeline
+    translator = pipeline("vaswani-translation", model=model, tokenizer=tokenizer)
+    translator("Ein Hund rennt.")                                 # [{"translation_text": "A dog runs."}]
+
+Both decode as in §6.1: the model's generation config (beam 4, length penalty 0.6) and outputs of at most
+input length + 50 tokens.
+"""
+
+import torch
+from transformers import GenerationConfig, Pipeline, PreTrainedModel, PreTrainedTokenizerBase
+from transformers.pipelines import PIPELINE_REGISTRY
+
+from .modeling_vaswani import VaswaniForConditionalGeneration
+
+TASK = "vaswani-translation"
+EXTRA_OUTPUT_TOKENS = 50  # §6.1: maximum output length = input length + 50
+
+
+def paper_generation_config(
+    model: PreTrainedModel, source_length: int, num_beams: int | None, length_penalty: float | None
+) -> GenerationConfig:
+    """The model's generation config with max_length = source length + 50 (+1 for the decoder start token),
+    capped by the positional table."""
+    config = GenerationConfig.from_dict(model.generation_config.to_dict())
+    config.max_new_tokens = None
+    config.max_length = min(source_length + EXTRA_OUTPUT_TOKENS + 1, model.config.max_position_embeddings)
+    if num_beams is not None:
+        config.num_beams = num_beams
+    if length_penalty is not None:
+        config.length_penalty = length_penalty
+    return config
+
+
+def check_source_lengths(lengths: list[int], max_length: int, truncation: bool) -> None:
+    if truncation:
+        return
+    for index, length in enumerate(lengths):
+        if length > max_length:
+            raise ValueError(
+                f"Input {index} has {length} tokens but the model reads at most {max_length} "
+                "(`max_position_embeddings`). Pass `truncation=True` to cut it, or split the text into sentences."
+            )
+
+
+@torch.no_grad()
+def translate(
+    texts: str | list[str],
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    batch_size: int = 32,
+    num_beams: int | None = None,
+    length_penalty: float | None = None,
+    truncation: bool = False,
+) -> str | list[str]:
+    """Translate one text or a list of texts; returns the same shape.
+
+    Texts are sorted by length into batches (little padding), translated with the model's generation config
+    (§6.1 by default), and returned in the input order. Empty or blank texts translate to "" without running the
+    model. `truncation=False` makes inputs longer than the model's positions an error instead of a silent cut.
+    """
+    single = isinstance(texts, str)
+    texts = [texts] if single else list(texts)
+    for index, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise TypeError(f"texts[{index}] is {type(text).__name__}, expected str.")
+    if batch_size < 1:
+        raise ValueError(f"`batch_size` must be a positive integer, got {batch_size!r}.")
+    max_source = model.config.max_position_embeddings
+    encoded = tokenizer([t for t in texts], add_special_tokens=True, truncation=False)["input_ids"]
+    check_source_lengths([len(ids) for ids in encoded], max_source, truncation)
+
+    results = [""] * len(texts)
+    todo = sorted((i for i, text in enumerate(texts) if text.strip()), key=lambda i: len(encoded[i]))
+    model_was_training = model.training
+    model.eval()
+    try:
+        for start in range(0, len(todo), batch_size):
+            indices = todo[start : start + batch_size]
+            batch = tokenizer.pad({"input_ids": [encoded[i][:max_source] for i in indices]}, return_tensors="pt")
+            batch = {name: tensor.to(model.device) for name, tensor in batch.items()}
+            config = paper_generation_config(model, batch["input_ids"].shape[1], num_beams, length_penalty)
+            output = model.generate(**batch, generation_config=config)
+            for i, text in zip(indices, tokenizer.batch_decode(output, skip_special_tokens=True)):
+                results[i] = text
+    finally:
+        model.train(model_was_training)
+    return results[0] if single else results
+
+
+class VaswaniTranslationPipeline(Pipeline):
+    """`pipeline("vaswani-translation", model=..., tokenizer=...)`: text in, {"translation_text": ...} out."""
+
+    def _sanitize_parameters(
+        self, num_beams: int | None = None, length_penalty: float | None = None, truncation: bool | None = None
+    ):
+        preprocess = {"truncation": truncation} if truncation is not None else {}
+        forward = {"num_beams": num_beams, "length_penalty": length_penalty}
+        return preprocess, forward, {}
+
+    def preprocess(self, text: str, truncation: bool = False) -> dict:
+        if not isinstance(text, str):
+            raise TypeError(f"{TASK} translates strings, got {type(text).__name__}.")
+        encoded = self.tokenizer(text, return_tensors="pt", truncation=False)
+        max_source = self.model.config.max_position_embeddings
+        check_source_lengths([encoded["input_ids"].shape[1]], max_source, truncation)
+        encoded = {name: tensor[:, :max_source] for name, tensor in encoded.items()}
+        encoded["is_blank"] = not text.strip()
+        return encoded
+
+    def _forward(self, inputs: dict, num_beams: int | None = None, length_penalty: float | None = None) -> dict:
+        if inputs.pop("is_blank"):
+            return {"output_ids": None}
+        config = paper_generation_config(self.model, inputs["input_ids"].shape[1], num_beams, length_penalty)
+        return {"output_ids": self.model.generate(**inputs, generation_config=config)}
+
+    def postprocess(self, outputs: dict) -> dict:
+        if outputs["output_ids"] is None:
+            return {"translation_text": ""}
+        return {"translation_text": self.tokenizer.decode(outputs["output_ids"][0], skip_special_tokens=True)}
+
+
+PIPELINE_REGISTRY.register_pipeline(TASK, pipeline_class=VaswaniTranslationPipeline, pt_model=VaswaniForConditionalGeneration)

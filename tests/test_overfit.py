@@ -1,0 +1,22 @@
+"""End to end through generate(): a tiny model learns to reverse sequences it has never seen, exactly."""
+
+import torch
+from model_utils import reverse_task_batch, train_reverse_model
+
+
+def exact_match(model, num_beams: int) -> float:
+    input_ids, attention_mask, labels = reverse_task_batch(torch.Generator().manual_seed(99), 256)
+    output = model.generate(input_ids=input_ids, attention_mask=attention_mask, num_beams=num_beams,
+                            max_new_tokens=labels.shape[1])
+    hits = 0
+    for row, label in zip(output, labels):
+        expected = label[label != -100].tolist()  # reversed tokens + </s>
+        hits += row[1 : 1 + len(expected)].tolist() == expected
+    return hits / len(labels)
+
+
+def test_tiny_model_learns_to_reverse_held_out_sequences_exactly():
+    model = train_reverse_model(1000, d_model=64, encoder_ffn_dim=128, decoder_ffn_dim=128)
+    greedy, beam = exact_match(model, num_beams=1), exact_match(model, num_beams=4)
+    print(f"\nreverse task, 256 held-out sequences: greedy {greedy:.1%}, beam-4 {beam:.1%} exact match")
+    assert greedy == 1.0 and beam == 1.0
