@@ -7,7 +7,6 @@ for every string (byte-level BPE is lossless; NFC is the only change, and leadin
 
 from __future__ import annotations
 
-import gzip
 import random
 import unicodedata
 from collections.abc import Iterator
@@ -18,6 +17,8 @@ import pytest
 import torch
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+from data_utils import multi30k_lines
 
 from hf_transformer.tokenization_vaswani import (
     BOS_TOKEN,
@@ -31,26 +32,14 @@ from hf_transformer.tokenization_vaswani import (
     train_tokenizer,
 )
 
-MULTI30K = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "multi30k"
 NUM_PAIRS = 5000
 VOCAB_SIZE = 2000
 
 
-def _read_lines(name: str, limit: int) -> list[str]:
-    path = MULTI30K / name
-    if not path.is_file():
-        pytest.fail(
-            f"the tokenizer tests need the Multi30k corpus in ../shared/data/multi30k next to the repository "
-            f"(missing: {path})"
-        )
-    with gzip.open(path, "rt", encoding="utf-8") as handle:
-        return [line.rstrip("\n") for line in islice(handle, limit)]
-
-
 @pytest.fixture(scope="module")
 def pairs() -> list[tuple[str, str]]:
-    english = _read_lines("train.en.gz", NUM_PAIRS)
-    german = _read_lines("train.de.gz", NUM_PAIRS)
+    english = multi30k_lines("train.en.gz", NUM_PAIRS)
+    german = multi30k_lines("train.de.gz", NUM_PAIRS)
     assert len(english) == len(german) == NUM_PAIRS
     return list(zip(english, german))
 
@@ -136,7 +125,7 @@ def test_iter_parallel_texts_yields_source_then_target_lazily() -> None:
 def test_round_trip_is_exact_on_real_sentences(
     pairs: list[tuple[str, str]], tokenizer: PreTrainedTokenizerFast
 ) -> None:
-    held_out = _read_lines("val.en.gz", 200) + _read_lines("val.de.gz", 200)
+    held_out = multi30k_lines("val.en.gz", 200) + multi30k_lines("val.de.gz", 200)
     texts = [text for pair in pairs[:200] for text in pair] + held_out
     ids = tokenizer(texts)["input_ids"]
     decoded = tokenizer.batch_decode(ids, skip_special_tokens=True)

@@ -1,0 +1,103 @@
+"""save_pretrained / from_pretrained, the Auto classes, and the self-contained trust_remote_code export."""
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from model_utils import source_batch, tiny_model, train_reverse_model
+from safetensors.torch import load_file
+from transformers import AutoConfig, AutoModel, AutoModelForSeq2SeqLM
+
+from hf_transformer import VaswaniConfig, VaswaniForConditionalGeneration, VaswaniModel
+
+
+@pytest.mark.parametrize("overrides", [{}, {"tie_word_embeddings": False},
+                                       {"position_embedding_type": "learned", "normalize_before": True}])
+def test_round_trip_is_bitwise_with_no_missing_keys(tmp_path, overrides):
+    model = tiny_model(seed=4, **overrides)
+    model.save_pretrained(tmp_path)
+    assert {"model.safetensors", "config.json", "generation_config.json", "configuration_vaswani.py",
+            "modeling_vaswani.py"} <= {p.name for p in tmp_path.iterdir()}
+    loaded, info = VaswaniForConditionalGeneration.from_pretrained(tmp_path, output_loading_info=True)
+    assert not info["missing_keys"], info
+    assert not info["unexpected_keys"] and not info["mismatched_keys"], info
+    input_ids, attention_mask = source_batch()
+    decoder_input_ids = torch.randint(4, 101, (3, 5))
+    with torch.no_grad():
+        a = model(input_ids=input_ids, attention_mask=attention_mask, decoder_input_ids=decoder_input_ids).logits
+        b = loaded.eval()(input_ids=input_ids, attention_mask=attention_mask, decoder_input_ids=decoder_input_ids).logits
+    assert torch.equal(a, b)
+    shared = loaded.model.shared.weight
+    assert loaded.model.encoder.embed_tokens.weight is shared and loaded.model.decoder.embed_tokens.weight is shared
+    assert (loaded.lm_head.weight is shared) == loaded.config.tie_word_embeddings
+    stored = load_file(tmp_path / "model.safetensors")
+    assert ("lm_head.weight" in stored) == (not loaded.config.tie_word_embeddings)  # a tied matrix is stored once
+    position_keys = {key for key in stored if "embed_positions" in key}
+    if loaded.config.position_embedding_type == "sinusoidal":
+        assert not position_keys  # the table is not saved; it is rebuilt on load, not left uninitialised
+        assert torch.equal(loaded.model.encoder.embed_positions.weight, model.model.encoder.embed_positions.weight)
+    else:
+        assert position_keys == {"model.encoder.embed_positions.weight", "model.decoder.embed_positions.weight"}
+
+
+def test_auto_classes_resolve_to_ours(tmp_path):
+    model = tiny_model()
+    model.save_pretrained(tmp_path)
+    assert isinstance(AutoConfig.from_pretrained(tmp_path), VaswaniConfig)
+    assert type(AutoModelForSeq2SeqLM.from_pretrained(tmp_path)) is VaswaniForConditionalGeneration
+    base = AutoModel.from_pretrained(tmp_path)
+    assert type(base) is VaswaniModel
+    assert torch.equal(base.shared.weight, model.model.shared.weight)
+    assert type(AutoModelForSeq2SeqLM.from_config(tiny_model().config)) is VaswaniForConditionalGeneration
+    auto_map = json.loads((tmp_path / "config.json").read_text())["auto_map"]
+    assert auto_map == {
+        "AutoConfig": "configuration_vaswani.VaswaniConfig",
+        "AutoModel": "modeling_vaswani.VaswaniModel",
+        "AutoModelForSeq2SeqLM": "modeling_vaswani.VaswaniForConditionalGeneration",
+    }
+
+
+def test_exported_code_imports_only_torch_and_transformers(tmp_path):
+    tiny_model().save_pretrained(tmp_path)
+    for name in ("configuration_vaswani.py", "modeling_vaswani.py"):
+        imports = [line.split()[1] for line in (tmp_path / name).read_text().splitlines()
+                   if line.startswith(("import ", "from "))]
+        roots = {module.split(".")[0] for module in imports}
+        assert roots <= {"torch", "transformers", "math", "collections", "", "__future__"}, (name, roots)
+
+
+REMOTE_SNIPPET = """
+import sys, json, torch
+sys.modules["hf_transformer"] = None  # our package must not be importable: only the folder's code may be used
+try:
+    import hf_transformer
+    raise SystemExit("hf_transformer is importable")
+except ImportError:
+    pass
+from transformers import AutoModelForSeq2SeqLM, AutoModel
+folder, inputs = sys.argv[1], json.loads(sys.argv[2])
+model = AutoModelForSeq2SeqLM.from_pretrained(folder, trust_remote_code=True).eval()
+assert type(model).__module__.startswith("transformers_modules."), type(model).__module__
+assert type(AutoModel.from_pretrained(folder, trust_remote_code=True)).__name__ == "VaswaniModel"
+out = model.generate(input_ids=torch.tensor(inputs["input_ids"]), attention_mask=torch.tensor(inputs["attention_mask"]),
+                     num_beams=4, max_new_tokens=12)
+print(json.dumps(out.tolist()))
+"""
+
+
+def test_trust_remote_code_load_without_our_package_gives_the_same_beams(tmp_path):
+    model = train_reverse_model(60)  # half trained: beams are not trivial
+    model.save_pretrained(tmp_path)
+    input_ids, attention_mask = source_batch()
+    expected = model.generate(input_ids=input_ids, attention_mask=attention_mask, num_beams=4, max_new_tokens=12)
+    inputs = json.dumps({"input_ids": input_ids.tolist(), "attention_mask": attention_mask.tolist()})
+    result = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(REMOTE_SNIPPET), str(tmp_path), inputs],
+        capture_output=True, text=True, timeout=300, cwd=tmp_path,
+        env={"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf_home"), "PATH": "/usr/bin:/bin"},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads(result.stdout.strip().splitlines()[-1]) == expected.tolist()
