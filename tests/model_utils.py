@@ -1,5 +1,7 @@
 """Small models and inputs shared by the model tests."""
 
+import json
+
 import torch
 
 from hf_transformer import VaswaniConfig, VaswaniForConditionalGeneration
@@ -72,3 +74,27 @@ def train_reverse_model(steps: int, seed: int = 0, peak_lr: float = 5e-3, warmup
         optimizer.step()
         schedule.step()
     return model.eval()
+
+
+def remote_code_beams_snippet(source: str, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> str:
+    """Code for a fresh interpreter (see helpers.run_python): loads `source` (a folder or a Hub repo id) with
+    trust_remote_code while our package is NOT importable, and prints the beam-4 output as a RESULT-JSON line."""
+    inputs = json.dumps({"input_ids": input_ids.tolist(), "attention_mask": attention_mask.tolist()})
+    return f"""
+import json, sys
+sys.modules["hf_transformer"] = None  # our package must not be importable: only the repository's code may run
+try:
+    import hf_transformer
+    raise SystemExit("hf_transformer is importable")
+except ImportError:
+    pass
+import torch
+from transformers import AutoModel, AutoModelForSeq2SeqLM
+source, inputs = {source!r}, json.loads({inputs!r})
+model = AutoModelForSeq2SeqLM.from_pretrained(source, trust_remote_code=True).eval()
+assert type(model).__module__.startswith("transformers_modules."), type(model).__module__
+assert type(AutoModel.from_pretrained(source, trust_remote_code=True)).__name__ == "VaswaniModel"
+out = model.generate(input_ids=torch.tensor(inputs["input_ids"]), attention_mask=torch.tensor(inputs["attention_mask"]),
+                     num_beams=4, max_new_tokens=12)
+print("RESULT-JSON: " + json.dumps(out.tolist()))
+"""

@@ -1,13 +1,12 @@
 """save_pretrained / from_pretrained, the Auto classes, and the self-contained trust_remote_code export."""
 
 import json
-import subprocess
-import sys
-import textwrap
+import os
 
 import pytest
 import torch
-from model_utils import source_batch, tiny_model, train_reverse_model
+from helpers import json_result, run_python
+from model_utils import remote_code_beams_snippet, source_batch, tiny_model, train_reverse_model
 from safetensors.torch import load_file
 from transformers import AutoConfig, AutoModel, AutoModelForSeq2SeqLM
 
@@ -69,35 +68,11 @@ def test_exported_code_imports_only_torch_and_transformers(tmp_path):
         assert roots <= {"torch", "transformers", "math", "collections", "", "__future__"}, (name, roots)
 
 
-REMOTE_SNIPPET = """
-import sys, json, torch
-sys.modules["hf_transformer"] = None  # our package must not be importable: only the folder's code may be used
-try:
-    import hf_transformer
-    raise SystemExit("hf_transformer is importable")
-except ImportError:
-    pass
-from transformers import AutoModelForSeq2SeqLM, AutoModel
-folder, inputs = sys.argv[1], json.loads(sys.argv[2])
-model = AutoModelForSeq2SeqLM.from_pretrained(folder, trust_remote_code=True).eval()
-assert type(model).__module__.startswith("transformers_modules."), type(model).__module__
-assert type(AutoModel.from_pretrained(folder, trust_remote_code=True)).__name__ == "VaswaniModel"
-out = model.generate(input_ids=torch.tensor(inputs["input_ids"]), attention_mask=torch.tensor(inputs["attention_mask"]),
-                     num_beams=4, max_new_tokens=12)
-print(json.dumps(out.tolist()))
-"""
-
-
 def test_trust_remote_code_load_without_our_package_gives_the_same_beams(tmp_path):
     model = train_reverse_model(60)  # half trained: beams are not trivial
-    model.save_pretrained(tmp_path)
+    model.save_pretrained(tmp_path / "model")
     input_ids, attention_mask = source_batch()
     expected = model.generate(input_ids=input_ids, attention_mask=attention_mask, num_beams=4, max_new_tokens=12)
-    inputs = json.dumps({"input_ids": input_ids.tolist(), "attention_mask": attention_mask.tolist()})
-    result = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(REMOTE_SNIPPET), str(tmp_path), inputs],
-        capture_output=True, text=True, timeout=300, cwd=tmp_path,
-        env={"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf_home"), "PATH": "/usr/bin:/bin"},
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert json.loads(result.stdout.strip().splitlines()[-1]) == expected.tolist()
+    env = {"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf_home"), "PATH": os.environ.get("PATH", "")}
+    snippet = remote_code_beams_snippet(str(tmp_path / "model"), input_ids, attention_mask)
+    assert json_result(run_python(snippet, env, timeout=300, cwd=tmp_path)) == expected.tolist()
