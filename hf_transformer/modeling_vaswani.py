@@ -148,7 +148,9 @@ class VaswaniAttention(nn.Module):
 
     The three uses (§3.2.3) differ only in their inputs and masks: encoder self-attention, causal decoder
     self-attention (with a KV cache at inference), and encoder-decoder attention whose keys/values come from the
-    encoder output and are computed once per generation. The backend (eager or SDPA) is chosen once, here.
+    encoder output and are computed once per generation. The kernel comes from the library's attention
+    interface under the name the config carries (`attn_implementation="eager"` or `"sdpa"`, switchable with
+    `model.set_attn_implementation`); both take the same additive mask and give the same result.
     """
 
     def __init__(self, config: VaswaniConfig, num_heads: int, is_cross_attention: bool, layer_idx: int | None):
@@ -200,6 +202,7 @@ class VaswaniAttention(nn.Module):
             if past_key_values is not None:  # append this step to the cache: (B, H, P + T, Dh)
                 key, value = past_key_values.self_attention_cache.update(key, value, self.layer_idx)
 
+        # `_attn_implementation` is the config attribute the attention interface is keyed by (there is no public one)
         implementation = self.config._attn_implementation or "eager"
         if output_attentions:  # only the eager kernel materialises the weights
             implementation = "eager"
