@@ -1,0 +1,39 @@
+"""The command line: `hf-transformer fit --config recipes/configs/quickstart.yaml` (or `python -m recipes ...`).
+
+A LightningCLI over `TranslationModule` and any `TranslationDataModule` subclass (`--data.class_path`), with
+fit / validate / test / predict and `--print_config`. The tokenizer's vocabulary size and special ids are linked
+from the data module into the model when both are instantiated.
+"""
+
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+
+from .checkpointing import AtomicCheckpointIO
+from .data import TranslationDataModule
+from .module import TranslationModule
+
+LINKED_FROM_DATA = ("vocab_size", "pad_token_id", "bos_token_id", "eos_token_id", "decoder_start_token_id")
+
+
+class TransformerCLI(LightningCLI):
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        for name in LINKED_FROM_DATA:
+            parser.link_arguments(f"data.{name}", f"model.{name}", apply_on="instantiate")
+
+
+def main(args: list[str] | None = None) -> TransformerCLI:
+    return TransformerCLI(
+        TranslationModule,
+        TranslationDataModule,
+        subclass_mode_data=True,
+        auto_configure_optimizers=False,  # the module injects its optimiser and per-step schedule itself
+        save_config_kwargs={"overwrite": True},
+        trainer_defaults={
+            "use_distributed_sampler": False,  # the data module shards its token-budget batches itself
+            "plugins": [AtomicCheckpointIO()],  # a crash while saving never leaves a half-written checkpoint
+        },
+        args=args,
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,299 @@
+"""`TranslationModule`: trains `VaswaniForConditionalGeneration` with Lightning. Thin on purpose: it builds the HF
+model, computes the label-smoothed loss (§5.4), and scores beam-search translations with sacreBLEU.
+
+Batches come from `TranslationDataModule`: `input_ids`, `attention_mask`, `labels` (-100 on padding), `ids`
+(example indices, to count each sentence once under DDP) and, for evaluation, `references` / `sources` (raw text).
+"""
+
+import math
+import random
+import time
+from pathlib import Path
+
+import sacrebleu
+import torch
+import torch.distributed as dist
+from lightning.pytorch import LightningModule
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+
+from hf_transformer import VaswaniConfig, VaswaniForConditionalGeneration, shift_tokens_right
+from hf_transformer.translation import paper_generation_config
+
+from .schedules import inverse_sqrt_schedule, paper_adam
+
+
+def label_smoothed_loss(
+    logits: torch.Tensor, labels: torch.Tensor, epsilon: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Summed over target tokens (labels != -100): label-smoothed cross-entropy (§5.4, Szegedy et al.: mass
+    epsilon spread uniformly over the vocabulary), the plain negative log-likelihood, and the token count."""
+    lprobs = torch.log_softmax(logits.float(), dim=-1)  # (B, T, V)
+    keep = labels != -100  # (B, T)
+    target = labels.masked_fill(~keep, 0).unsqueeze(-1)  # (B, T, 1)
+    nll = -lprobs.gather(-1, target).squeeze(-1)[keep]  # (N,)
+    smooth = -lprobs.mean(-1)[keep]  # (N,) cross-entropy against the uniform distribution
+    loss = (1.0 - epsilon) * nll + epsilon * smooth
+    return loss.sum(), nll.sum(), keep.sum()
+
+
+def gather_objects(items: list) -> list:
+    """All ranks' lists, concatenated (a no-op without torch.distributed)."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return items
+    gathered: list = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, items)
+    return [item for part in gathered for item in part]
+
+
+class TranslationModule(LightningModule):
+    """Builds the HF model from its sizes; vocabulary size and special ids are linked from the data module."""
+
+    def __init__(
+        self,
+        vocab_size: int = 37000,
+        pad_token_id: int = 0,
+        bos_token_id: int = 1,
+        eos_token_id: int = 2,
+        decoder_start_token_id: int = 1,
+        d_model: int = 512,
+        encoder_layers: int = 6,
+        decoder_layers: int = 6,
+        attention_heads: int = 8,
+        ffn_dim: int = 2048,
+        dropout: float = 0.1,
+        attention_dropout: float = 0.0,
+        activation_dropout: float = 0.0,
+        max_position_embeddings: int = 1024,
+        normalize_before: bool = False,
+        position_embedding_type: str = "sinusoidal",
+        tie_word_embeddings: bool = True,
+        attn_implementation: str = "sdpa",
+        label_smoothing: float = 0.1,
+        optimizer: OptimizerCallable = paper_adam,
+        lr_scheduler: LRSchedulerCallable = inverse_sqrt_schedule,
+        num_beams: int = 4,
+        length_penalty: float = 0.6,
+        validation_num_beams: int | None = None,
+        predictions_path: str | None = None,
+    ):
+        """Args:
+            vocab_size ... decoder_start_token_id: from the tokenizer (linked from `data.*` by the CLI).
+            d_model ... tie_word_embeddings: the model's sizes (see `VaswaniConfig`; Table 3 of the paper).
+            label_smoothing: epsilon_ls of §5.4.
+            optimizer, lr_scheduler: injected (LightningCLI style); default Adam(0.9, 0.98, 1e-9) and the
+                warmup / inverse-square-root schedule of §5.3, stepped every optimiser step.
+            num_beams, length_penalty: test-time decoding (§6.1: beam 4, alpha 0.6; max length = input + 50).
+            validation_num_beams: beams for validation BLEU (default: num_beams); fewer is faster.
+            predictions_path: where `predict` writes translations (default: <log dir>/predictions.txt).
+        """
+        super().__init__()
+        if not 0.0 <= label_smoothing < 1.0:
+            raise ValueError(f"`label_smoothing` must be in [0, 1), got {label_smoothing!r}.")
+        self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = lr_scheduler
+        self.model = self.build_model_from_hparams(dict(self.hparams))
+        self.bleu_signature: str | None = None
+        self.evaluation_outputs: list[tuple[int, str, str]] = []
+        self.evaluation_sums = torch.zeros(2, dtype=torch.float64)  # nll, tokens
+        self.rng_states_to_restore: dict | None = None
+        self.step_started: float | None = None
+
+    @staticmethod
+    def model_config_from_hparams(hparams: dict) -> VaswaniConfig:
+        return VaswaniConfig(
+            vocab_size=hparams["vocab_size"],
+            pad_token_id=hparams["pad_token_id"],
+            bos_token_id=hparams["bos_token_id"],
+            eos_token_id=hparams["eos_token_id"],
+            decoder_start_token_id=hparams["decoder_start_token_id"],
+            d_model=hparams["d_model"],
+            encoder_layers=hparams["encoder_layers"],
+            decoder_layers=hparams["decoder_layers"],
+            encoder_attention_heads=hparams["attention_heads"],
+            decoder_attention_heads=hparams["attention_heads"],
+            encoder_ffn_dim=hparams["ffn_dim"],
+            decoder_ffn_dim=hparams["ffn_dim"],
+            dropout=hparams["dropout"],
+            attention_dropout=hparams["attention_dropout"],
+            activation_dropout=hparams["activation_dropout"],
+            max_position_embeddings=hparams["max_position_embeddings"],
+            normalize_before=hparams["normalize_before"],
+            position_embedding_type=hparams["position_embedding_type"],
+            tie_word_embeddings=hparams["tie_word_embeddings"],
+        )
+
+    @classmethod
+    def build_model_from_hparams(cls, hparams: dict) -> VaswaniForConditionalGeneration:
+        """The HF model described by a checkpoint's `hyper_parameters` (used by checkpoint averaging too)."""
+        config = cls.model_config_from_hparams(hparams)
+        model = VaswaniForConditionalGeneration(config)
+        model.set_attn_implementation(hparams.get("attn_implementation", "sdpa"))
+        model.generation_config.num_beams = hparams.get("num_beams", 4)
+        model.generation_config.length_penalty = hparams.get("length_penalty", 0.6)
+        return model
+
+    # ------------------------------------------------------------------------------------------------------------
+    # Training
+    # ------------------------------------------------------------------------------------------------------------
+
+    def forward_loss(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        decoder_input_ids = shift_tokens_right(
+            batch["labels"], self.hparams.pad_token_id, self.hparams.decoder_start_token_id
+        )
+        logits = self.model(
+            input_ids=batch["input_ids"],
+            attention_mask=batch["attention_mask"],
+            decoder_input_ids=decoder_input_ids,
+            use_cache=False,
+        ).logits
+        return label_smoothed_loss(logits, batch["labels"], self.hparams.label_smoothing)
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        loss_sum, nll_sum, tokens = self.forward_loss(batch)
+        # Normalise by the target tokens of the whole step across ranks (fairseq does the same): DDP averages the
+        # ranks' gradients, so each rank scales by world_size / global tokens and the result equals one process
+        # training on the union of the ranks' batches.
+        global_tokens = self.trainer.strategy.reduce(tokens.to(loss_sum.dtype), reduce_op="sum")
+        loss = loss_sum * self.trainer.world_size / global_tokens.clamp(min=1)
+
+        global_loss = self.trainer.strategy.reduce(loss_sum.detach(), reduce_op="sum") / global_tokens
+        global_nll = self.trainer.strategy.reduce(nll_sum.detach(), reduce_op="sum") / global_tokens
+        source_slots = batch["input_ids"].numel()
+        target_slots = batch["labels"].numel()
+        padding = 1.0 - (batch["attention_mask"].sum() + tokens).item() / (source_slots + target_slots)
+        self.log_dict(
+            {"train/loss": global_loss, "train/nll": global_nll, "train/ppl": torch.exp(global_nll),
+             "train/padding": padding},
+            prog_bar=False, on_step=True, on_epoch=False, batch_size=batch["input_ids"].shape[0],
+        )
+        if self.step_started is not None:
+            elapsed = time.perf_counter() - self.step_started
+            self.log("train/tokens_per_s", global_tokens.item() / max(elapsed, 1e-9), prog_bar=True, on_step=True)
+        self.log("lr", self.optimizers().param_groups[0]["lr"], on_step=True, prog_bar=True)
+        return loss
+
+    def on_train_batch_start(self, batch: dict, batch_idx: int) -> None:
+        self.step_started = time.perf_counter()
+
+    def configure_optimizers(self) -> dict:
+        optimizer = self.optimizer_factory(self.parameters())
+        scheduler = self.scheduler_factory(optimizer)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # ------------------------------------------------------------------------------------------------------------
+    # Evaluation: loss and corpus BLEU over every sentence exactly once, whatever the number of ranks
+    # ------------------------------------------------------------------------------------------------------------
+
+    def translate_batch(self, batch: dict, num_beams: int) -> list[str]:
+        config = paper_generation_config(
+            self.model, batch["input_ids"].shape[1], num_beams=num_beams, length_penalty=self.hparams.length_penalty
+        )
+        output = self.model.generate(
+            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], generation_config=config
+        )
+        return self.trainer.datamodule.tokenizer.batch_decode(output, skip_special_tokens=True)
+
+    def evaluation_step(self, batch: dict, num_beams: int) -> None:
+        _, nll_sum, tokens = self.forward_loss(batch)
+        self.evaluation_sums += torch.stack([nll_sum.double().cpu(), tokens.double().cpu()])
+        hypotheses = self.translate_batch(batch, num_beams)
+        self.evaluation_outputs.extend(zip(batch["ids"].tolist(), hypotheses, batch["references"]))
+
+    def on_validation_epoch_start(self) -> None:
+        self.reset_evaluation()
+
+    def on_test_epoch_start(self) -> None:
+        self.reset_evaluation()
+
+    def reset_evaluation(self) -> None:
+        self.evaluation_outputs = []
+        self.evaluation_sums = torch.zeros(2, dtype=torch.float64)
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        self.evaluation_step(batch, self.hparams.validation_num_beams or self.hparams.num_beams)
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        self.evaluation_step(batch, self.hparams.num_beams)
+
+    def on_validation_epoch_end(self) -> None:
+        self.log_evaluation("val")
+
+    def on_test_epoch_end(self) -> None:
+        self.log_evaluation("test")
+
+    def log_evaluation(self, prefix: str) -> None:
+        # Sentences may be split unevenly across ranks: gather them all, keep each id once, score the corpus.
+        outputs = {idx: (hyp, ref) for idx, hyp, ref in gather_objects(self.evaluation_outputs)}
+        sums = self.trainer.strategy.reduce(self.evaluation_sums.to(self.device), reduce_op="sum").cpu()
+        if self.trainer.sanity_checking:
+            return
+        ordered = [outputs[idx] for idx in sorted(outputs)]
+        bleu_metric = sacrebleu.BLEU()
+        score = bleu_metric.corpus_score([h for h, _ in ordered], [[r for _, r in ordered]]) if ordered else None
+        self.bleu_signature = str(bleu_metric.get_signature())
+        nll = (sums[0] / sums[1].clamp(min=1)).item()
+        exact = sum(h.strip() == r.strip() for h, r in ordered) / max(len(ordered), 1)
+        metrics = {f"{prefix}/loss": nll, f"{prefix}/ppl": math.exp(min(nll, 50.0)),
+                   f"{prefix}/bleu": score.score if score is not None else 0.0,
+                   f"{prefix}/exact_match": exact, f"{prefix}/sentences": float(len(ordered))}
+        self.log_dict(metrics, prog_bar=True, sync_dist=False, rank_zero_only=False)
+        if ordered and self.trainer.is_global_zero:
+            self.print(f"{prefix}: BLEU {metrics[f'{prefix}/bleu']:.2f}, exact match {exact:.1%} on {len(ordered)} "
+                       f"sentences ({self.bleu_signature})")
+            for hypothesis, reference in ordered[:3]:
+                self.print(f"  {hypothesis!r}  (reference: {reference!r})")
+
+    # ------------------------------------------------------------------------------------------------------------
+    # Prediction: translations of a file, in the file's order
+    # ------------------------------------------------------------------------------------------------------------
+
+    def on_predict_epoch_start(self) -> None:
+        self.evaluation_outputs = []
+
+    def predict_step(self, batch: dict, batch_idx: int) -> list[str]:
+        hypotheses = self.translate_batch(batch, self.hparams.num_beams)
+        self.evaluation_outputs.extend(zip(batch["ids"].tolist(), hypotheses, batch["sources"]))
+        return hypotheses
+
+    def on_predict_epoch_end(self) -> None:
+        outputs = {idx: hyp for idx, hyp, _ in gather_objects(self.evaluation_outputs)}
+        if not self.trainer.is_global_zero:
+            return
+        path = Path(self.hparams.predictions_path or Path(self.trainer.log_dir or ".") / "predictions.txt")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("".join(outputs[idx] + "\n" for idx in sorted(outputs)), encoding="utf-8")
+        self.print(f"wrote {len(outputs)} translations to {path}")
+
+    # ------------------------------------------------------------------------------------------------------------
+    # Exact resume: the RNG streams (dropout) of every rank travel with the checkpoint
+    # ------------------------------------------------------------------------------------------------------------
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        state = {"torch": torch.get_rng_state(), "python": list(random.getstate()[1]),
+                 "python_version": random.getstate()[0], "python_gauss": random.getstate()[2]}
+        if torch.cuda.is_available():
+            state["cuda"] = torch.cuda.get_rng_state_all()
+        checkpoint["rng_states"] = gather_objects([state])
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        states = checkpoint.get("rng_states")
+        if states:
+            try:
+                rank = self.trainer.global_rank
+            except RuntimeError:  # `load_from_checkpoint` outside a Trainer: nothing to resume
+                return
+            self.rng_states_to_restore = states[rank] if rank < len(states) else states[0]
+
+    def on_train_start(self) -> None:
+        # Applied here, after the restore and the sanity check, right before the next training batch.
+        state, self.rng_states_to_restore = self.rng_states_to_restore, None
+        if state is None:
+            return
+        torch.set_rng_state(state["torch"])
+        random.setstate((state["python_version"], tuple(state["python"]), state["python_gauss"]))
+        if "cuda" in state and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda"])
+
+
+__all__ = ["TranslationModule", "label_smoothed_loss"]

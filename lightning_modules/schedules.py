@@ -1,0 +1,57 @@
+"""The paper's optimiser (§5.3): Adam(beta1=0.9, beta2=0.98, eps=1e-9) with warmup then inverse-square-root decay."""
+
+from collections.abc import Iterable
+
+from torch.optim import Adam, Optimizer
+from torch.optim.lr_scheduler import LRScheduler
+
+
+def paper_adam(params: Iterable, lr: float = 1.0) -> Adam:
+    """Adam with the paper's betas and epsilon (§5.3). The learning rate is set by `InverseSquareRootLR`."""
+    return Adam(params, lr=lr, betas=(0.9, 0.98), eps=1e-9)
+
+
+class InverseSquareRootLR(LRScheduler):
+    """lrate = d_model^-0.5 * min(step^-0.5, step * warmup_steps^-1.5)  (§5.3, equation 3), times `scale`.
+
+    With `peak_lr` set, fairseq's `inverse_sqrt` form instead: peak_lr * min(step / warmup, sqrt(warmup / step)),
+    the same curve rescaled so that its maximum, reached at `warmup_steps`, is `peak_lr`. The optimiser's own
+    learning rate is ignored: this schedule sets it (step it every optimiser step, `interval: step`).
+    """
+
+    def __init__(
+        self,
+        optimizer: Optimizer,
+        d_model: int = 512,
+        warmup_steps: int = 4000,
+        scale: float = 1.0,
+        peak_lr: float | None = None,
+        last_epoch: int = -1,
+    ):
+        if warmup_steps < 1:
+            raise ValueError(f"`warmup_steps` must be >= 1, got {warmup_steps}.")
+        if d_model < 1:
+            raise ValueError(f"`d_model` must be >= 1, got {d_model}.")
+        self.d_model = d_model
+        self.warmup_steps = warmup_steps
+        self.scale = scale
+        self.peak_lr = peak_lr
+        super().__init__(optimizer, last_epoch)
+
+    def rate(self, step: int) -> float:
+        step = max(step, 1)
+        if self.peak_lr is not None:
+            return self.peak_lr * min(step / self.warmup_steps, (self.warmup_steps / step) ** 0.5)
+        return self.scale * self.d_model**-0.5 * min(step**-0.5, step * self.warmup_steps**-1.5)
+
+    def get_lr(self) -> list[float]:
+        # last_epoch counts scheduler steps: 0 before the first optimiser step, which therefore uses step 1
+        return [self.rate(self.last_epoch + 1) for _ in self.optimizer.param_groups]
+
+
+def inverse_sqrt_schedule(optimizer: Optimizer) -> InverseSquareRootLR:
+    """The base model's schedule: d_model 512, 4000 warmup steps."""
+    return InverseSquareRootLR(optimizer, d_model=512, warmup_steps=4000)
+
+
+__all__ = ["paper_adam", "InverseSquareRootLR", "inverse_sqrt_schedule"]
