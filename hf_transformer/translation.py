@@ -34,6 +34,8 @@ def paper_generation_config(
         config.num_beams = num_beams
     if length_penalty is not None:
         config.length_penalty = length_penalty
+    if config.num_beams == 1:  # greedy: the beam-only settings would only trigger warnings
+        config.length_penalty, config.early_stopping = 1.0, False
     return config
 
 

@@ -5,6 +5,9 @@ fit / validate / test / predict and `--print_config`. The tokenizer's vocabulary
 from the data module into the model when both are instantiated.
 """
 
+import logging
+import warnings
+
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from .checkpointing import AtomicCheckpointIO
@@ -20,7 +23,22 @@ class TransformerCLI(LightningCLI):
             parser.link_arguments(f"data.{name}", f"model.{name}", apply_on="instantiate")
 
 
+def configure_logging() -> None:
+    """Show the project's own reports (cleaning counts, padding, exports, pushes) on the console."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    project = logging.getLogger("lightning_modules")
+    if not project.handlers:
+        project.addHandler(handler)
+        project.setLevel(logging.INFO)
+    # Lightning cannot see that the data module resumes its own sampler mid-epoch, nor that the evaluation batch
+    # sampler drops nothing: its warnings about both are wrong here.
+    warnings.filterwarnings("ignore", message=".*resuming from a checkpoint that ended before the epoch ended.*")
+    warnings.filterwarnings("ignore", message=".*custom batch sampler.*for prediction.*")
+
+
 def main(args: list[str] | None = None) -> TransformerCLI:
+    configure_logging()
     return TransformerCLI(
         TranslationModule,
         TranslationDataModule,

@@ -94,7 +94,7 @@ class TranslationModule(LightningModule):
         self.scheduler_factory = lr_scheduler
         self.model = self.build_model_from_hparams(dict(self.hparams))
         self.bleu_signature: str | None = None
-        self.evaluation_outputs: list[tuple[int, str, str]] = []
+        self.evaluation_outputs: list[tuple[int, str, str, str]] = []  # (id, source, hypothesis, reference)
         self.evaluation_sums = torch.zeros(2, dtype=torch.float64)  # nll, tokens
         self.rng_states_to_restore: dict | None = None
         self.step_started: float | None = None
@@ -198,7 +198,7 @@ class TranslationModule(LightningModule):
         _, nll_sum, tokens = self.forward_loss(batch)
         self.evaluation_sums += torch.stack([nll_sum.double().cpu(), tokens.double().cpu()])
         hypotheses = self.translate_batch(batch, num_beams)
-        self.evaluation_outputs.extend(zip(batch["ids"].tolist(), hypotheses, batch["references"]))
+        self.evaluation_outputs.extend(zip(batch["ids"].tolist(), batch["sources"], hypotheses, batch["references"]))
 
     def on_validation_epoch_start(self) -> None:
         self.reset_evaluation()
@@ -224,16 +224,17 @@ class TranslationModule(LightningModule):
 
     def log_evaluation(self, prefix: str) -> None:
         # Sentences may be split unevenly across ranks: gather them all, keep each id once, score the corpus.
-        outputs = {idx: (hyp, ref) for idx, hyp, ref in gather_objects(self.evaluation_outputs)}
+        outputs = {idx: (src, hyp, ref) for idx, src, hyp, ref in gather_objects(self.evaluation_outputs)}
         sums = self.trainer.strategy.reduce(self.evaluation_sums.to(self.device), reduce_op="sum").cpu()
         if self.trainer.sanity_checking:
             return
         ordered = [outputs[idx] for idx in sorted(outputs)]
         bleu_metric = sacrebleu.BLEU()
-        score = bleu_metric.corpus_score([h for h, _ in ordered], [[r for _, r in ordered]]) if ordered else None
+        hypotheses, references = [h for _, h, _ in ordered], [r for _, _, r in ordered]
+        score = bleu_metric.corpus_score(hypotheses, [references]) if ordered else None
         self.bleu_signature = str(bleu_metric.get_signature())
         nll = (sums[0] / sums[1].clamp(min=1)).item()
-        exact = sum(h.strip() == r.strip() for h, r in ordered) / max(len(ordered), 1)
+        exact = sum(h.strip() == r.strip() for h, r in zip(hypotheses, references)) / max(len(ordered), 1)
         metrics = {f"{prefix}/loss": nll, f"{prefix}/ppl": math.exp(min(nll, 50.0)),
                    f"{prefix}/bleu": score.score if score is not None else 0.0,
                    f"{prefix}/exact_match": exact, f"{prefix}/sentences": float(len(ordered))}
@@ -241,8 +242,8 @@ class TranslationModule(LightningModule):
         if ordered and self.trainer.is_global_zero:
             self.print(f"{prefix}: BLEU {metrics[f'{prefix}/bleu']:.2f}, exact match {exact:.1%} on {len(ordered)} "
                        f"sentences ({self.bleu_signature})")
-            for hypothesis, reference in ordered[:3]:
-                self.print(f"  {hypothesis!r}  (reference: {reference!r})")
+            for source, hypothesis, reference in ordered[:3]:
+                self.print(f"  {source!r} -> {hypothesis!r}  (reference: {reference!r})")
 
     # ------------------------------------------------------------------------------------------------------------
     # Prediction: translations of a file, in the file's order
@@ -253,11 +254,11 @@ class TranslationModule(LightningModule):
 
     def predict_step(self, batch: dict, batch_idx: int) -> list[str]:
         hypotheses = self.translate_batch(batch, self.hparams.num_beams)
-        self.evaluation_outputs.extend(zip(batch["ids"].tolist(), hypotheses, batch["sources"]))
+        self.evaluation_outputs.extend(zip(batch["ids"].tolist(), batch["sources"], hypotheses, hypotheses))
         return hypotheses
 
     def on_predict_epoch_end(self) -> None:
-        outputs = {idx: hyp for idx, hyp, _ in gather_objects(self.evaluation_outputs)}
+        outputs = {idx: hyp for idx, _, hyp, _ in gather_objects(self.evaluation_outputs)}
         if not self.trainer.is_global_zero:
             return
         path = Path(self.hparams.predictions_path or Path(self.trainer.log_dir or ".") / "predictions.txt")
