@@ -37,7 +37,9 @@ def configure_logging() -> None:
     warnings.filterwarnings("ignore", message=".*custom batch sampler.*for prediction.*")
 
 
-def main(args: list[str] | None = None) -> TransformerCLI:
+def main(args: list[str] | None = None, run: bool = True) -> TransformerCLI:
+    """Parse `args` (default: sys.argv), build data module, model and trainer, and run the subcommand; with
+    `run=False` there is no subcommand and nothing runs (used to check that recipes instantiate)."""
     configure_logging()
     return TransformerCLI(
         TranslationModule,
@@ -47,9 +49,11 @@ def main(args: list[str] | None = None) -> TransformerCLI:
         save_config_kwargs={"overwrite": True},
         trainer_defaults={
             "use_distributed_sampler": False,  # the data module shards its token-budget batches itself
-            "plugins": [AtomicCheckpointIO()],  # a crash while saving never leaves a half-written checkpoint
+            # a crash while saving never leaves a half-written checkpoint; loading is weights_only
+            "plugins": [{"class_path": f"{AtomicCheckpointIO.__module__}.{AtomicCheckpointIO.__name__}"}],
         },
         args=args,
+        run=run,
     )
 
 

@@ -150,6 +150,8 @@ class NumbersDataModule(TranslationDataModule):
         num_validation: Held-out validation pairs.
         num_test: Held-out test pairs.
         seed: Seed of the corpus and of the batch order.
+        source_lang, target_lang: "en" -> "de" (the quickstart: the German compound reorders ones and tens) or
+            "de" -> "en" (multi-word English outputs, so BLEU is informative too).
     """
 
     def __init__(
@@ -170,7 +172,14 @@ class NumbersDataModule(TranslationDataModule):
         predict_file: str | None = None,
         num_workers: int = 0,
         num_proc: int = 1,
+        source_lang: str = "en",
+        target_lang: str = "de",
     ) -> None:
+        if {source_lang, target_lang} != {"en", "de"}:
+            raise ValueError(
+                f"the numbers corpus has languages 'en' and 'de': use source_lang/target_lang 'en'/'de' or 'de'/'en', "
+                f"got {source_lang!r}/{target_lang!r}"
+            )
         for name, value, minimum in (("num_train", num_train, 1), ("num_validation", num_validation, 1),
                                      ("num_test", num_test, 1), ("seed", seed, 0)):
             if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
@@ -182,8 +191,8 @@ class NumbersDataModule(TranslationDataModule):
         data_files = write_numbers_corpus(folder, num_train, num_validation, num_test, seed)
         super().__init__(
             data_files=data_files,
-            source_lang="en",
-            target_lang="de",
+            source_lang=source_lang,
+            target_lang=target_lang,
             tokenizer_path=tokenizer_path,
             vocab_size=vocab_size,
             cache_dir=cache_dir,

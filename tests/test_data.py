@@ -26,12 +26,10 @@ from types import SimpleNamespace
 import datasets
 import lightning.pytorch as pl
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 import torch
 
-from data_utils import multi30k_lines
+from data_utils import multi30k_lines, write_hub_layout
 from helpers import REPO_ROOT
 
 import lightning_modules.data as data_module
@@ -61,16 +59,6 @@ def pairs() -> dict[str, tuple[list[str], list[str]]]:
     }
 
 
-def _write_hub_folder(folder: Path, tables: dict[str, dict[str, list[str]]]) -> Path:
-    """A local dataset folder laid out like the hub repo: README `configs:` + data/<split>-*.parquet."""
-    (folder / "data").mkdir(parents=True)
-    for split, columns in tables.items():
-        pq.write_table(pa.table(columns), folder / "data" / f"{split}-00000-of-00001.parquet")
-    entries = "".join(f"  - split: {split}\n    path: data/{split}-*.parquet\n" for split in tables)
-    (folder / "README.md").write_text(f"---\nconfigs:\n- config_name: default\n  data_files:\n{entries}---\n")
-    return folder
-
-
 def _write_jsonl(path: Path, rows: list[dict]) -> str:
     path.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows), encoding="utf-8")
     return str(path)
@@ -85,7 +73,7 @@ def _write_gz(path: Path, lines: list[str]) -> str:
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory, pairs) -> SimpleNamespace:
     root = tmp_path_factory.mktemp("corpus")
-    hub = _write_hub_folder(root / "multi30k", {s: {"en": en, "de": de} for s, (de, en) in pairs.items()})
+    hub = write_hub_layout(root / "multi30k", {s: {"en": en, "de": de} for s, (de, en) in pairs.items()})
     jsonl = {
         split: _write_jsonl(root / f"{split}.jsonl", [{"translation": {"de": d, "en": e}} for d, e in zip(de, en)])
         for split, (de, en) in pairs.items()
@@ -159,7 +147,7 @@ def test_missing_language_lists_what_the_dataset_has(corpus, cache_dir, tmp_path
         _make(corpus.hub, cache_dir, source_lang="fr").tokenizer
     with pytest.raises(ValueError, match=r"split 'train' .*'translation' column has languages \['de', 'en'\].*'cs'"):
         _make(corpus.jsonl, cache_dir, target_lang="cs").tokenizer
-    misspelled = _write_hub_folder(tmp_path / "misspelled", {"train": {"en": ["a b"], "german": ["c d"]}})
+    misspelled = write_hub_layout(tmp_path / "misspelled", {"train": {"en": ["a b"], "german": ["c d"]}})
     with pytest.raises(ValueError, match=r"no columns for source_lang='de'.*columns \['en', 'german'\]"):
         _make(str(misspelled), cache_dir).tokenizer
 

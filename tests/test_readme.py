@@ -14,7 +14,7 @@ def readme_commands() -> list[str]:
 def test_readme_opens_with_the_main_job_and_the_test_command():
     commands = readme_commands()
     assert len(commands) == 2
-    assert commands[0].startswith("pip install torch==2.13.0 && ") and "hf_transformer.demo" in commands[0]
+    assert commands[0].startswith("pip install torch==2.13.0 && ") and "recipes/configs/quickstart.yaml" in commands[0]
     assert commands[1].startswith("pip install torch==2.13.0 && ") and commands[1].endswith("python -m pytest")
     first_block = (ROOT / "README.md").read_text().index("```bash")
     assert "```" not in (ROOT / "README.md").read_text()[:first_block]  # these are the first commands

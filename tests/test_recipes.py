@@ -1,0 +1,68 @@
+"""Every recipe instantiates through the CLI: data module, model (with the tokenizer's ids linked in), trainer,
+callbacks and loggers. Hub datasets are not touched: a local tokenizer stands in for the one each recipe would train."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from hf_transformer import train_tokenizer
+from lightning_modules.callbacks import HFExportCallback
+from lightning_modules.cli import main
+from lightning_modules.data import TranslationDataModule
+from lightning_modules.module import TranslationModule
+
+CONFIGS = sorted((Path(__file__).resolve().parents[1] / "recipes" / "configs").glob("*.yaml"))
+EXPECTED = {"quickstart", "multi30k_de_en", "multi30k_en_de", "iwslt_de_en", "wmt14_en_de_base", "wmt14_en_de_big"}
+
+
+@pytest.fixture(scope="module")
+def tokenizer_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tokenizer")
+    train_tokenizer(["ein kleiner Hund läuft", "a small dog runs"] * 20, vocab_size=300).save_pretrained(folder)
+    return str(folder)
+
+
+def test_all_recipes_are_there():
+    assert {path.stem for path in CONFIGS} == EXPECTED
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=[path.stem for path in CONFIGS])
+def test_recipe_has_a_header_and_instantiates(config, tokenizer_dir, tmp_path, monkeypatch):
+    header = config.read_text().split("\n")
+    comments = [line for line in header[:25] if line.startswith("#")]
+    text = "\n".join(comments)
+    for word in ("Paper", "Command", "Expected"):
+        assert word in text, f"{config.name}: the header comment must say {word}"
+    monkeypatch.chdir(tmp_path)  # loggers and checkpoints go to a scratch folder
+    monkeypatch.setattr("sys.argv", ["hf-transformer"])
+    cli = main(["--config", str(config), "--data.init_args.tokenizer_path", tokenizer_dir,
+                "--trainer.accelerator", "cpu", "--trainer.precision", "32-true"], run=False)
+    assert isinstance(cli.model, TranslationModule) and isinstance(cli.datamodule, TranslationDataModule)
+    recipe = yaml.safe_load(config.read_text())
+    model_config = cli.model.model.config
+    assert model_config.vocab_size == len(cli.datamodule.tokenizer)  # linked from the data module
+    assert model_config.d_model == recipe["model"]["d_model"]
+    assert model_config.encoder_layers == recipe["model"]["encoder_layers"]
+    assert model_config.encoder_attention_heads == recipe["model"]["attention_heads"]
+    assert any(isinstance(callback, HFExportCallback) for callback in cli.trainer.callbacks)
+    assert cli.trainer.max_steps == recipe["trainer"]["max_steps"]
+    assert len(cli.trainer.loggers) == 2
+    assert type(cli.trainer.strategy.checkpoint_io).__name__ == "AtomicCheckpointIO"
+
+
+def test_paper_recipes_use_the_papers_hyper_parameters():
+    base = yaml.safe_load((CONFIGS[0].parent / "wmt14_en_de_base.yaml").read_text())
+    big = yaml.safe_load((CONFIGS[0].parent / "wmt14_en_de_big.yaml").read_text())
+    for recipe, (d_model, ffn, heads, dropout, steps, average) in ((base, (512, 2048, 8, 0.1, 100000, 5)),
+                                                                   (big, (1024, 4096, 16, 0.3, 300000, 20))):
+        model, trainer, data = recipe["model"], recipe["trainer"], recipe["data"]["init_args"]
+        assert (model["d_model"], model["ffn_dim"], model["attention_heads"], model["dropout"]) == (d_model, ffn,
+                                                                                                   heads, dropout)
+        assert model["label_smoothing"] == 0.1 and trainer["max_steps"] == steps
+        assert model["lr_scheduler"]["init_args"]["warmup_steps"] == 4000
+        tokens_per_step = data["max_tokens"] * trainer["accumulate_grad_batches"] * trainer["devices"]
+        assert tokens_per_step == 25000  # §5.1: about 25000 source and 25000 target tokens per batch
+        averaging = [c for c in trainer["callbacks"] if c["class_path"].endswith("CheckpointAveragingCallback")]
+        assert averaging[0]["init_args"]["last_n"] == average
+        assert data["vocab_size"] == 37000
