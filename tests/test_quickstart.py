@@ -1,0 +1,39 @@
+"""The README's main job, run exactly as written (minus the install): the quickstart recipe trains, tests at least
+95% exact match on 1000 held-out numbers, and leaves a Hugging Face folder that translates. Minutes: `slow`."""
+
+import csv
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+from test_readme import readme_commands
+from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+
+import hf_transformer  # noqa: F401  (registers the model)
+from hf_transformer import translate
+
+
+@pytest.mark.slow
+def test_readme_main_job(tmp_path):
+    steps = [step for step in readme_commands()[0].split(" && ") if not step.startswith("pip install")]
+    assert steps[0].startswith("hf-transformer fit") and steps[1].startswith("hf-transformer test")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    for step in steps:
+        result = subprocess.run(step, shell=True, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=1200)
+        assert result.returncode == 0, f"{step}\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
+    assert "exact match" in result.stdout  # the test run prints its score and a few translations
+
+    rows = []
+    for path in sorted((tmp_path / "runs/quickstart/csv").glob("version_*/metrics.csv")):
+        with open(path, newline="") as handle:
+            rows += list(csv.DictReader(handle))
+    exact = [float(row["test/exact_match"]) for row in rows if row.get("test/exact_match")]
+    print(f"\nquickstart: test exact match {exact}")
+    assert exact and exact[-1] >= 0.95
+
+    folder = Path(tmp_path / "runs/quickstart/hf_model")
+    model = AutoModelForSeq2SeqLM.from_pretrained(folder)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    assert translate(["twenty-one", "four hundred thousand three"], model, tokenizer) == [
+        "einundzwanzig", "vierhunderttausenddrei"]
