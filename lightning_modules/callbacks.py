@@ -35,6 +35,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from .average import export_average, find_checkpoints
 from .checkpointing import replace_directory_atomically
+from .module import gathered_state_dict
 
 log = logging.getLogger(__name__)
 
@@ -345,6 +346,7 @@ class HFExportCallback(Callback):
 
     def export(self, trainer: Trainer, pl_module: LightningModule, reason: str) -> Path | None:
         """Write the folder now (global rank 0 only). Returns it, or None if nothing was written."""
+        state_dict = gathered_state_dict(pl_module.model)  # FSDP2 shards: gathered on every rank, else None
         if not trainer.is_global_zero:
             return None
         folder = self.resolve_folder(trainer)
@@ -356,7 +358,7 @@ class HFExportCallback(Callback):
             card = redact(self.model_card(trainer, pl_module), known_secrets(trainer))
 
             def write(tmp: Path) -> None:
-                model.save_pretrained(tmp)  # the module's own weights: fp32 under bf16-mixed
+                model.save_pretrained(tmp, state_dict=state_dict)  # the module's own weights: fp32 under bf16-mixed
                 if tokenizer is not None:
                     tokenizer.save_pretrained(tmp)
                 (tmp / "README.md").write_text(card, encoding="utf-8")

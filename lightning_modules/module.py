@@ -36,6 +36,18 @@ def label_smoothed_loss(
     return loss.sum(), nll.sum(), keep.sum()
 
 
+def gathered_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor] | None:
+    """Under FSDP2 the parameters are DTensor shards: gather the full state dict on CPU (a collective: call it on
+    every rank; rank 0 receives the tensors). None for an unsharded model, whose own state dict is complete."""
+    from torch.distributed.tensor import DTensor
+
+    if not any(isinstance(parameter, DTensor) for parameter in model.parameters()):
+        return None
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+
 def gather_objects(items: list) -> list:
     """All ranks' lists, concatenated (a no-op without torch.distributed)."""
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
@@ -133,6 +145,29 @@ class TranslationModule(LightningModule):
         model.generation_config.length_penalty = hparams.get("length_penalty", 0.6)
         return model
 
+    def configure_model(self) -> None:
+        """FSDP2 for models that do not fit on one device (`strategy: lightning.pytorch.strategies.
+        ModelParallelStrategy`): every encoder and decoder layer is its own shard group; the shared embedding, the
+        output layer and the final norms form the root group. Other strategies leave the model as it is."""
+        mesh = self.device_mesh
+        if mesh is None or self.is_sharded():
+            return
+        if "tensor_parallel" in mesh.mesh_dim_names and mesh["tensor_parallel"].size() > 1:
+            raise ValueError(
+                "TranslationModule shards with FSDP2 only: use ModelParallelStrategy(tensor_parallel_size=1)."
+            )
+        from torch.distributed.fsdp import fully_shard
+
+        data_parallel = mesh["data_parallel"]
+        for layer in [*self.model.model.encoder.layers, *self.model.model.decoder.layers]:
+            fully_shard(layer, mesh=data_parallel)
+        fully_shard(self.model, mesh=data_parallel)
+
+    def is_sharded(self) -> bool:
+        from torch.distributed.fsdp import FSDPModule
+
+        return isinstance(self.model, FSDPModule)
+
     # ------------------------------------------------------------------------------------------------------------
     # Training
     # ------------------------------------------------------------------------------------------------------------
@@ -189,9 +224,15 @@ class TranslationModule(LightningModule):
         config = paper_generation_config(
             self.model, batch["input_ids"].shape[1], num_beams=num_beams, length_penalty=self.hparams.length_penalty
         )
+        if self.is_sharded():
+            # generate() calls the encoder directly, outside the root module's forward that would gather the root
+            # group (embeddings, output layer): gather it for the whole decoding
+            self.model.unshard()
         output = self.model.generate(
             input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], generation_config=config
         )
+        if self.is_sharded():
+            self.model.reshard()
         return self.trainer.datamodule.tokenizer.batch_decode(output, skip_special_tokens=True)
 
     def evaluation_step(self, batch: dict, num_beams: int) -> None:
@@ -297,4 +338,4 @@ class TranslationModule(LightningModule):
             torch.cuda.set_rng_state_all(state["cuda"])
 
 
-__all__ = ["TranslationModule", "label_smoothed_loss"]
+__all__ = ["TranslationModule", "label_smoothed_loss", "gathered_state_dict"]

@@ -130,3 +130,39 @@ def test_multi30k_recipe_from_a_local_hub_mirror_learns(tmp_path, hub_mirror):
     print(f"\nMulti30k de->en, 500 validation sentences, greedy: BLEU by step {bleu}")
     assert len(bleu) == 2 and bleu[399] > bleu[199] and bleu[399] > 5.0
     assert (tmp_path / "runs/multi30k_de_en/hf_model/model.safetensors").is_file()
+
+
+def test_fsdp2_shards_train_like_ddp_and_export_a_complete_folder(tmp_path):
+    """ModelParallelStrategy with FSDP2 `fully_shard` per layer, 2 CPU processes (gloo): the same losses and BLEU as
+    DDP, and the HF export gathers the shards into one loadable folder."""
+    cache = tmp_path / "cache"
+    export = {"class_path": "lightning_modules.callbacks.HFExportCallback",
+              "init_args": {"dirpath": str(tmp_path / "fsdp/hf_model")}}
+    runs = {}
+    for name, strategy in (("ddp", "ddp"),
+                           ("fsdp", {"class_path": "lightning.pytorch.strategies.ModelParallelStrategy",
+                                     "init_args": {"data_parallel_size": 2, "tensor_parallel_size": 1}})):
+        config = tiny_run_config(tmp_path / name, cache, dropout=0.0, batch_size=8,
+                                 extra_callbacks=[export] if name == "fsdp" else [])
+        config["trainer"].update(devices=2, strategy=strategy, max_steps=12, val_check_interval=12)
+        config["trainer"]["callbacks"] = config["trainer"]["callbacks"][1:]  # no step checkpoints: not the point here
+        check(run_cli(["fit", "--config", write_config(tmp_path / f"{name}.yaml", config)], tmp_path))
+        runs[name] = metrics(tmp_path / name / "csv/version_0/metrics.csv")
+    ddp_losses, fsdp_losses = series(runs["ddp"], "train/loss"), series(runs["fsdp"], "train/loss")
+    assert len(fsdp_losses) == 12 and fsdp_losses.keys() == ddp_losses.keys()
+    for step in ddp_losses:  # reduce-scatter and all-reduce sum in different orders: equal to float rounding
+        assert float(fsdp_losses[step]) == pytest.approx(float(ddp_losses[step]), rel=1e-4), step
+    assert float(series(runs["fsdp"], "val/bleu")[11]) == pytest.approx(float(series(runs["ddp"], "val/bleu")[11]),
+                                                                        abs=0.5)
+
+    import torch
+    from safetensors.torch import load_file
+    from transformers import AutoModelForSeq2SeqLM
+
+    import hf_transformer  # noqa: F401
+
+    folder = tmp_path / "fsdp/hf_model"
+    model = AutoModelForSeq2SeqLM.from_pretrained(folder)
+    stored = load_file(folder / "model.safetensors")
+    assert all(torch.isfinite(tensor).all() for tensor in stored.values())
+    assert model.lm_head.weight is model.model.shared.weight  # still three-way tied
