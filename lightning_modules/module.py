@@ -101,10 +101,19 @@ class TranslationModule(LightningModule):
         super().__init__()
         if not 0.0 <= label_smoothing < 1.0:
             raise ValueError(f"`label_smoothing` must be in [0, 1), got {label_smoothing!r}.")
-        self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
+        # Saved hyperparameters describe the model and its training; a checkpoint's override the command line when
+        # LightningCLI loads it, so the decoding and output settings stay out of them and can change at test time.
+        self.save_hyperparameters(ignore=["optimizer", "lr_scheduler", "num_beams", "length_penalty",
+                                          "validation_num_beams", "predictions_path"])
+        self.num_beams = num_beams
+        self.length_penalty = length_penalty
+        self.validation_num_beams = validation_num_beams or num_beams
+        self.predictions_path = predictions_path
         self.optimizer_factory = optimizer
         self.scheduler_factory = lr_scheduler
         self.model = self.build_model_from_hparams(dict(self.hparams))
+        self.model.generation_config.num_beams = num_beams  # what the exported folder's generate() uses
+        self.model.generation_config.length_penalty = length_penalty
         self.bleu_signature: str | None = None
         self.evaluation_outputs: list[tuple[int, str, str, str]] = []  # (id, source, hypothesis, reference)
         self.evaluation_sums = torch.zeros(2, dtype=torch.float64)  # nll, tokens
@@ -141,8 +150,6 @@ class TranslationModule(LightningModule):
         config = cls.model_config_from_hparams(hparams)
         model = VaswaniForConditionalGeneration(config)
         model.set_attn_implementation(hparams.get("attn_implementation", "sdpa"))
-        model.generation_config.num_beams = hparams.get("num_beams", 4)
-        model.generation_config.length_penalty = hparams.get("length_penalty", 0.6)
         return model
 
     def configure_model(self) -> None:
@@ -222,7 +229,7 @@ class TranslationModule(LightningModule):
 
     def translate_batch(self, batch: dict, num_beams: int) -> list[str]:
         config = paper_generation_config(
-            self.model, batch["input_ids"].shape[1], num_beams=num_beams, length_penalty=self.hparams.length_penalty
+            self.model, batch["input_ids"].shape[1], num_beams=num_beams, length_penalty=self.length_penalty
         )
         if self.is_sharded():
             # generate() calls the encoder directly, outside the root module's forward that would gather the root
@@ -252,10 +259,10 @@ class TranslationModule(LightningModule):
         self.evaluation_sums = torch.zeros(2, dtype=torch.float64)
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
-        self.evaluation_step(batch, self.hparams.validation_num_beams or self.hparams.num_beams)
+        self.evaluation_step(batch, self.validation_num_beams)
 
     def test_step(self, batch: dict, batch_idx: int) -> None:
-        self.evaluation_step(batch, self.hparams.num_beams)
+        self.evaluation_step(batch, self.num_beams)
 
     def on_validation_epoch_end(self) -> None:
         self.log_evaluation("val")
@@ -294,7 +301,9 @@ class TranslationModule(LightningModule):
         self.evaluation_outputs = []
 
     def predict_step(self, batch: dict, batch_idx: int) -> list[str]:
-        hypotheses = self.translate_batch(batch, self.hparams.num_beams)
+        hypotheses = self.translate_batch(batch, self.num_beams)
+        # a blank line translates to a blank line, as in `translate()`: the output stays aligned with the input
+        hypotheses = [h if source.strip() else "" for h, source in zip(hypotheses, batch["sources"])]
         self.evaluation_outputs.extend(zip(batch["ids"].tolist(), batch["sources"], hypotheses, hypotheses))
         return hypotheses
 
@@ -302,7 +311,7 @@ class TranslationModule(LightningModule):
         outputs = {idx: hyp for idx, _, hyp, _ in gather_objects(self.evaluation_outputs)}
         if not self.trainer.is_global_zero:
             return
-        path = Path(self.hparams.predictions_path or Path(self.trainer.log_dir or ".") / "predictions.txt")
+        path = Path(self.predictions_path or Path(self.trainer.log_dir or ".") / "predictions.txt")
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text("".join(outputs[idx] + "\n" for idx in sorted(outputs)), encoding="utf-8")
         self.print(f"wrote {len(outputs)} translations to {path}")

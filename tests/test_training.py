@@ -110,6 +110,14 @@ def test_a_run_killed_mid_epoch_resumes_to_the_same_losses(tmp_path):
     assert sorted(after) == list(range(10, STEPS))  # resumed after the step-10 checkpoint (steps count from 0)
     assert {step: expected[step] for step in after} == after  # bitwise
 
+    # the finished run translates a file; decoding settings given now win over the checkpoint's
+    (tmp_path / "sources.txt").write_text("einundzwanzig\nvierhundert\n\nsieben\n")
+    check(run_cli(["predict", "--config", str(tmp_path / "resumed.yaml"), "--ckpt_path",
+                   str(tmp_path / "resumed/checkpoints/last.ckpt"), "--data.init_args.predict_file",
+                   str(tmp_path / "sources.txt"), "--model.predictions_path", str(tmp_path / "predictions.txt"),
+                   "--model.num_beams", "2"], tmp_path))
+    assert len((tmp_path / "predictions.txt").read_text().splitlines()) == 4  # one line per source line
+
 
 def test_multi30k_recipe_from_a_local_hub_mirror_learns(tmp_path, hub_mirror):
     """The multi30k_de_en recipe unchanged but for its size and length: `bentrevett/multi30k` is served by an olah
