@@ -119,6 +119,7 @@ class TranslationModule(LightningModule):
         self.evaluation_sums = torch.zeros(2, dtype=torch.float64)  # nll, tokens
         self.rng_states_to_restore: dict | None = None
         self.step_started: float | None = None
+        self.step_tokens = 0.0
 
     @staticmethod
     def model_config_from_hparams(hparams: dict) -> VaswaniConfig:
@@ -196,8 +197,8 @@ class TranslationModule(LightningModule):
         # Normalise by the target tokens of the whole step across ranks (fairseq does the same): DDP averages the
         # ranks' gradients, so each rank scales by world_size / global tokens and the result equals one process
         # training on the union of the ranks' batches.
-        global_tokens = self.trainer.strategy.reduce(tokens.to(loss_sum.dtype), reduce_op="sum")
-        loss = loss_sum * self.trainer.world_size / global_tokens.clamp(min=1)
+        global_tokens = self.trainer.strategy.reduce(tokens.to(loss_sum.dtype), reduce_op="sum").clamp(min=1)
+        loss = loss_sum * self.trainer.world_size / global_tokens
 
         global_loss = self.trainer.strategy.reduce(loss_sum.detach(), reduce_op="sum") / global_tokens
         global_nll = self.trainer.strategy.reduce(nll_sum.detach(), reduce_op="sum") / global_tokens
@@ -209,14 +210,21 @@ class TranslationModule(LightningModule):
              "train/padding": padding},
             prog_bar=False, on_step=True, on_epoch=False, batch_size=batch["input_ids"].shape[0],
         )
-        if self.step_started is not None:
-            elapsed = time.perf_counter() - self.step_started
-            self.log("train/tokens_per_s", global_tokens.item() / max(elapsed, 1e-9), prog_bar=True, on_step=True)
         self.log("lr", self.optimizers().param_groups[0]["lr"], on_step=True, prog_bar=True)
+        self.step_tokens = global_tokens.item()
         return loss
 
-    def on_train_batch_start(self, batch: dict, batch_idx: int) -> None:
-        self.step_started = time.perf_counter()
+    def on_train_batch_end(self, outputs: dict, batch: dict, batch_idx: int) -> None:
+        # target tokens per second of wall time from one batch's end to the next: data loading, forward, backward
+        # and the optimiser step of every rank (the first batch of a fit or after a validation has no predecessor)
+        now = time.perf_counter()
+        if self.step_started is not None:
+            self.log("train/tokens_per_s", self.step_tokens / max(now - self.step_started, 1e-9), prog_bar=True,
+                     on_step=True, on_epoch=False)
+        self.step_started = now
+
+    def on_validation_start(self) -> None:
+        self.step_started = None  # validation time is not training throughput
 
     def configure_optimizers(self) -> dict:
         optimizer = self.optimizer_factory(self.parameters())

@@ -19,6 +19,7 @@ def test_readme_main_job(tmp_path):
     steps = [step for step in readme_commands()[0].split(" && ") if not step.startswith("pip install")]
     assert steps[0].startswith("hf-transformer fit") and steps[1].startswith("hf-transformer test")
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    (tmp_path / "recipes").symlink_to(Path(__file__).resolve().parents[1] / "recipes")  # as in a checkout
     for step in steps:
         result = subprocess.run(step, shell=True, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=1200)
         assert result.returncode == 0, f"{step}\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
