@@ -63,8 +63,9 @@ def translate(
     """Translate one text or a list of texts; returns the same shape.
 
     Texts are grouped into batches of equal token length (no padding), translated with the model's generation
-    config (§6.1 by default: beam 4, alpha 0.6, at most input length + 50 tokens), returned in the input order. Empty or blank texts translate to "" without running the
-    model. `truncation=False` makes inputs longer than the model's positions an error instead of a silent cut.
+    config (§6.1 by default: beam 4, alpha 0.6, at most input length + 50 tokens) and returned in the input order.
+    Empty or blank texts translate to "" without running the model. `truncation=False` makes inputs longer than
+    the model's positions an error instead of a silent cut.
     """
     single = isinstance(texts, str)
     texts = [texts] if single else list(texts)
@@ -73,8 +74,10 @@ def translate(
             raise TypeError(f"texts[{index}] is {type(text).__name__}, expected str.")
     if batch_size < 1:
         raise ValueError(f"`batch_size` must be a positive integer, got {batch_size!r}.")
+    if not texts:
+        return []
     max_source = model.config.max_position_embeddings
-    encoded = tokenizer([t for t in texts], add_special_tokens=True, truncation=False)["input_ids"]
+    encoded = tokenizer(texts, add_special_tokens=True, truncation=False)["input_ids"]
     check_source_lengths([len(ids) for ids in encoded], max_source, truncation)
 
     # Batches hold sources of one token length: no padding, and every sentence gets exactly its own §6.1 limit.
@@ -133,4 +136,6 @@ class VaswaniTranslationPipeline(Pipeline):
         return {"translation_text": self.tokenizer.decode(outputs["output_ids"][0], skip_special_tokens=True)}
 
 
-PIPELINE_REGISTRY.register_pipeline(TASK, pipeline_class=VaswaniTranslationPipeline, pt_model=VaswaniForConditionalGeneration)
+PIPELINE_REGISTRY.register_pipeline(
+    TASK, pipeline_class=VaswaniTranslationPipeline, pt_model=VaswaniForConditionalGeneration
+)

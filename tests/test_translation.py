@@ -38,6 +38,7 @@ def test_translate_batches_keep_the_input_order_and_match_one_by_one(model, toke
     assert batched == [reference(model, tokenizer, text) for text in sources]
     assert len(set(batched)) > 1  # different sources, different outputs: the order check means something
     assert translate(sources[3], model, tokenizer) == batched[3]  # a string in, a string out
+    assert translate([], model, tokenizer) == []
 
 
 def test_translate_handles_blank_and_rejects_overlong_inputs(model, tokenizer):
