@@ -37,7 +37,7 @@ def configure_logging() -> None:
     warnings.filterwarnings("ignore", message=".*custom batch sampler.*for prediction.*")
 
 
-def main(args: list[str] | None = None, run: bool = True) -> TransformerCLI:
+def build_cli(args: list[str] | None = None, run: bool = True) -> TransformerCLI:
     """Parse `args` (default: sys.argv), build data module, model and trainer, and run the subcommand; with
     `run=False` there is no subcommand and nothing runs (used to check that recipes instantiate)."""
     configure_logging()
@@ -55,6 +55,11 @@ def main(args: list[str] | None = None, run: bool = True) -> TransformerCLI:
         args=args,
         run=run,
     )
+
+
+def main() -> None:
+    """The `hf-transformer` console script (its return value becomes the exit status: None is success)."""
+    build_cli()
 
 
 if __name__ == "__main__":

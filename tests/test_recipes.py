@@ -8,7 +8,7 @@ import yaml
 
 from hf_transformer import train_tokenizer
 from lightning_modules.callbacks import HFExportCallback
-from lightning_modules.cli import main
+from lightning_modules.cli import build_cli
 from lightning_modules.data import TranslationDataModule
 from lightning_modules.module import TranslationModule
 
@@ -36,7 +36,7 @@ def test_recipe_has_a_header_and_instantiates(config, tokenizer_dir, tmp_path, m
         assert word in text, f"{config.name}: the header comment must say {word}"
     monkeypatch.chdir(tmp_path)  # loggers and checkpoints go to a scratch folder
     monkeypatch.setattr("sys.argv", ["hf-transformer"])
-    cli = main(["--config", str(config), "--data.init_args.tokenizer_path", tokenizer_dir,
+    cli = build_cli(["--config", str(config), "--data.init_args.tokenizer_path", tokenizer_dir,
                 "--trainer.accelerator", "cpu", "--trainer.precision", "32-true"], run=False)
     assert isinstance(cli.model, TranslationModule) and isinstance(cli.datamodule, TranslationDataModule)
     recipe = yaml.safe_load(config.read_text())

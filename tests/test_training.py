@@ -17,11 +17,14 @@ from helpers import REPO_ROOT, TESTS_DIR
 STEPS = 30
 
 
-def run_cli(args: list[str], cwd: Path, env: dict | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
+def run_cli(args: list[str], cwd: Path, env: dict | None = None, timeout: float = 600,
+            script: bool = False) -> subprocess.CompletedProcess:
+    """`python -m recipes ARGS`, or with `script` the installed `hf-transformer ARGS` console script."""
     environment = dict(env or os.environ)
     environment["PYTHONPATH"] = os.pathsep.join([str(TESTS_DIR), str(REPO_ROOT), environment.get("PYTHONPATH", "")])
     environment.setdefault("HF_HUB_OFFLINE", "1")
-    return subprocess.run([sys.executable, "-m", "recipes", *args], cwd=cwd, env=environment, capture_output=True,
+    command = [str(Path(sys.executable).parent / "hf-transformer")] if script else [sys.executable, "-m", "recipes"]
+    return subprocess.run([*command, *args], cwd=cwd, env=environment, capture_output=True,
                           text=True, timeout=timeout, stdin=subprocess.DEVNULL)
 
 
@@ -93,7 +96,7 @@ def test_ddp_on_two_processes_equals_one_process_on_the_combined_batch(tmp_path)
 def test_a_run_killed_mid_epoch_resumes_to_the_same_losses(tmp_path):
     cache = tmp_path / "cache"
     full = tiny_run_config(tmp_path / "full", cache, dropout=0.1, batch_size=16)  # 125 batches an epoch
-    check(run_cli(["fit", "--config", write_config(tmp_path / "full.yaml", full)], tmp_path))
+    check(run_cli(["fit", "--config", write_config(tmp_path / "full.yaml", full)], tmp_path, script=True))
 
     kill = {"class_path": "killer.KillAtStep", "init_args": {"step": 17}}
     crashed = tiny_run_config(tmp_path / "crashed", cache, dropout=0.1, batch_size=16, extra_callbacks=[kill])
