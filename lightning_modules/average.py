@@ -23,7 +23,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from hf_transformer import load_tokenizer
 
 from .checkpointing import CheckpointLoadError, load_checkpoint_file, replace_directory_atomically
 
@@ -219,7 +221,7 @@ def resolve_tokenizer(
             "No tokenizer given and none found in <run>/hf_model next to the checkpoints "
             f"({checkpoint_paths[0].parent.parent / 'hf_model'}): pass --tokenizer DIR."
         )
-    return AutoTokenizer.from_pretrained(folder)
+    return load_tokenizer(folder)  # checks the special ids the model was trained with
 
 
 def averaged_model_card(averaged: AveragedCheckpoints, model: PreTrainedModel, info: dict[str, Any]) -> str:

@@ -119,7 +119,7 @@ class TranslationModule(LightningModule):
         self.evaluation_sums = torch.zeros(2, dtype=torch.float64)  # nll, tokens
         self.rng_states_to_restore: dict | None = None
         self.step_started: float | None = None
-        self.step_tokens = 0.0
+        self.step_tokens: torch.Tensor | float = 0.0
 
     @staticmethod
     def model_config_from_hparams(hparams: dict) -> VaswaniConfig:
@@ -197,21 +197,23 @@ class TranslationModule(LightningModule):
         # Normalise by the target tokens of the whole step across ranks (fairseq does the same): DDP averages the
         # ranks' gradients, so each rank scales by world_size / global tokens and the result equals one process
         # training on the union of the ranks' batches.
-        global_tokens = self.trainer.strategy.reduce(tokens.to(loss_sum.dtype), reduce_op="sum").clamp(min=1)
+        # one all-reduce for the step's sums over ranks: [label-smoothed loss, nll, target tokens]
+        sums = self.trainer.strategy.reduce(
+            torch.stack([loss_sum.detach(), nll_sum.detach(), tokens.to(loss_sum.dtype)]), reduce_op="sum"
+        )
+        global_tokens = sums[2].clamp(min=1)
         loss = loss_sum * self.trainer.world_size / global_tokens
 
-        global_loss = self.trainer.strategy.reduce(loss_sum.detach(), reduce_op="sum") / global_tokens
-        global_nll = self.trainer.strategy.reduce(nll_sum.detach(), reduce_op="sum") / global_tokens
-        source_slots = batch["input_ids"].numel()
-        target_slots = batch["labels"].numel()
-        padding = 1.0 - (batch["attention_mask"].sum() + tokens).item() / (source_slots + target_slots)
+        global_nll = sums[1] / global_tokens
+        slots = batch["input_ids"].numel() + batch["labels"].numel()
+        padding = 1.0 - (batch["attention_mask"].sum() + tokens) / slots  # a tensor: no host sync here
         self.log_dict(
-            {"train/loss": global_loss, "train/nll": global_nll, "train/ppl": torch.exp(global_nll),
+            {"train/loss": sums[0] / global_tokens, "train/nll": global_nll, "train/ppl": torch.exp(global_nll),
              "train/padding": padding},
             prog_bar=False, on_step=True, on_epoch=False, batch_size=batch["input_ids"].shape[0],
         )
         self.log("lr", self.optimizers().param_groups[0]["lr"], on_step=True, prog_bar=True)
-        self.step_tokens = global_tokens.item()
+        self.step_tokens = global_tokens  # read in on_train_batch_end, once the step is done
         return loss
 
     def on_train_batch_end(self, outputs: dict, batch: dict, batch_idx: int) -> None:
@@ -219,7 +221,7 @@ class TranslationModule(LightningModule):
         # and the optimiser step of every rank (the first batch of a fit or after a validation has no predecessor)
         now = time.perf_counter()
         if self.step_started is not None:
-            self.log("train/tokens_per_s", self.step_tokens / max(now - self.step_started, 1e-9), prog_bar=True,
+            self.log("train/tokens_per_s", float(self.step_tokens) / max(now - self.step_started, 1e-9), prog_bar=True,
                      on_step=True, on_epoch=False)
         self.step_started = now
 
