@@ -5,9 +5,21 @@ Field names follow Marian/BART in `transformers` so that tooling written for the
 This file imports only `transformers`: it is copied next to the weights for `trust_remote_code`.
 """
 
-from transformers import PreTrainedConfig
+from transformers import GenerationConfig, PreTrainedConfig
+from transformers.utils import logging
 
-POSITION_EMBEDDING_TYPES = ("sinusoidal", "learned")
+logger = logging.get_logger(__name__)
+
+# Keys that `PreTrainedConfig.__post_init__` consumes although they are not fields (model_type and auto_map come
+# from every config.json); any other key left over is a field this version does not know (see __post_init__).
+BASE_CONFIG_KEYS = frozenset({
+    "auto_map", "model_type", "name_or_path", "torch_dtype", "num_labels", "output_attentions", "attn_implementation",
+    "experts_implementation", "per_layer_config", "_commit_hash", "rope_scaling", "rope_theta", "rope_parameters",
+    "_attn_implementation_internal", "_experts_implementation_internal",
+})
+
+POSITION_EMBEDDING_TYPES = ("sinusoidal", "learned", "relative")
+ATTENTION_TYPES = ("full", "local")
 ACTIVATION_FUNCTIONS = ("relu", "gelu", "gelu_new", "silu", "swish", "tanh")
 
 # Written into every saved config so that the folder loads with `trust_remote_code=True` on a machine where
@@ -16,6 +28,8 @@ AUTO_MAP = {
     "AutoConfig": "configuration_vaswani.VaswaniConfig",
     "AutoModel": "modeling_vaswani.VaswaniModel",
     "AutoModelForSeq2SeqLM": "modeling_vaswani.VaswaniForConditionalGeneration",
+    "AutoModelForCausalLM": "modeling_vaswani.VaswaniForCausalLM",
+    "AutoModelForImageTextToText": "modeling_vaswani.VaswaniForImageCaptioning",
 }
 
 
@@ -34,11 +48,27 @@ class VaswaniConfig(PreTrainedConfig):
         activation_function: FFN non-linearity; the paper's is "relu" (§3.3).
         max_position_embeddings: longest sequence the positional table covers (source and target).
         scale_embedding: multiply token embeddings by sqrt(d_model) (§3.4).
-        position_embedding_type: "sinusoidal" (§3.5) or "learned" (Table 3, row E).
+        position_embedding_type: "sinusoidal" (§3.5), "learned" (Table 3, row E) or "relative": no absolute
+            positions; every self-attention adds q_i . e_clip(j - i) to its logits (Shaw et al. 2018, computed
+            with the Music Transformer's skewing, Huang et al. 2018). Cross-attention stays content-only.
+        max_relative_position: with "relative", distances are clipped to [-max_relative_position,
+            max_relative_position]: 2 * max_relative_position + 1 learned vectors of size Dh per attention layer.
+        relative_attention_per_head: with "relative", one table per head (True) or one shared by all heads.
+        attention_type: "full" self-attention over the whole sequence (§3.2) or "local" 1D block attention
+            (Image Transformer, Parmar et al. 2018): queries in blocks of `local_block_length`, each block sees
+            itself and the `local_memory_length` positions before it (causal inside, in the decoder). In the
+            encoder a block sees `local_memory_length` positions on each side. Cost is linear in the length.
+            Cross-attention is always full.
+        local_block_length / local_memory_length: query block length l_q and memory length l_m of "local".
         normalize_before: False is the paper's post-LN, LayerNorm(x + Sublayer(x)); True is pre-LN,
             x + Sublayer(LayerNorm(x)), with a final LayerNorm after each stack.
         tie_word_embeddings: tie the output projection to the shared embedding (three-way tying, §3.4).
         init_std: standard deviation of the embedding init; None means d_model ** -0.5 (fairseq's choice).
+        is_encoder_decoder: True for the translation model; False for the decoder-only [`VaswaniForCausalLM`]
+            (its `encoder_*` sizes are then set to the `decoder_*` ones).
+        image_size / patch_size / num_channels: the image encoder of [`VaswaniForImageCaptioning`] reads
+            num_channels x image_size x image_size images as (image_size / patch_size)^2 patches of
+            patch_size x patch_size pixels (ViT-style); None (image_size, patch_size) for the text models.
     """
 
     model_type = "vaswani"
@@ -66,6 +96,14 @@ class VaswaniConfig(PreTrainedConfig):
     position_embedding_type: str = "sinusoidal"
     normalize_before: bool = False
     init_std: float | None = None
+    max_relative_position: int = 64
+    relative_attention_per_head: bool = True
+    attention_type: str = "full"
+    local_block_length: int = 64
+    local_memory_length: int = 64
+    image_size: int | None = None
+    patch_size: int | None = None
+    num_channels: int = 3
     pad_token_id: int | None = 0
     bos_token_id: int | None = 1
     eos_token_id: int | None = 2
@@ -75,9 +113,24 @@ class VaswaniConfig(PreTrainedConfig):
     use_cache: bool = True
 
     def __post_init__(self, **kwargs):
+        unknown = set(kwargs) - BASE_CONFIG_KEYS
+        if unknown:  # generation settings in a config.json are dropped by the base class: not unknown
+            unknown -= set(GenerationConfig().to_dict())
+        if unknown:
+            logger.warning(
+                f"VaswaniConfig: unknown fields {sorted(unknown)} (written by a newer version, or misspelled?) are "
+                "kept as attributes, but nothing in this version reads them."
+            )
         if getattr(self, "auto_map", None) is None and "auto_map" not in kwargs:
             kwargs["auto_map"] = dict(AUTO_MAP)
         super().__post_init__(**kwargs)
+        if not self.is_encoder_decoder:
+            # Decoder-only ([`VaswaniForCausalLM`]): there is no encoder, so its sizes mirror the decoder's and tools
+            # that read `num_hidden_layers` / `num_attention_heads` (the KV-cache builder of `generate()`) see the
+            # decoder's.
+            self.encoder_layers = self.decoder_layers
+            self.encoder_attention_heads = self.decoder_attention_heads
+            self.encoder_ffn_dim = self.decoder_ffn_dim
         self.check()
 
     # Table 3 of the paper. Both take the vocabulary size because the paper's ~37k is corpus-specific.
@@ -102,7 +155,8 @@ class VaswaniConfig(PreTrainedConfig):
     def check(self) -> None:
         """Raise a ValueError naming the first invalid field, its value and what is allowed."""
         for name in ("vocab_size", "d_model", "encoder_layers", "decoder_layers", "encoder_attention_heads",
-                     "decoder_attention_heads", "encoder_ffn_dim", "decoder_ffn_dim", "max_position_embeddings"):
+                     "decoder_attention_heads", "encoder_ffn_dim", "decoder_ffn_dim", "max_position_embeddings",
+                     "num_channels"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"`{name}` must be a positive integer, got {value!r}.")
@@ -118,18 +172,31 @@ class VaswaniConfig(PreTrainedConfig):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
                 raise ValueError(f"`{name}` must be a probability in [0, 1), got {value!r}.")
+        self.check_image_fields()
         if self.position_embedding_type not in POSITION_EMBEDDING_TYPES:
             raise ValueError(
                 f"`position_embedding_type` must be one of {list(POSITION_EMBEDDING_TYPES)}, "
                 f"got {self.position_embedding_type!r}."
             )
+        if self.attention_type not in ATTENTION_TYPES:
+            raise ValueError(
+                f"`attention_type` must be one of {list(ATTENTION_TYPES)}, got {self.attention_type!r}."
+            )
+        for name in ("max_relative_position", "local_block_length"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"`{name}` must be a positive integer, got {value!r}.")
+        value = self.local_memory_length
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ValueError(f"`local_memory_length` must be an integer >= 0, got {value!r}.")
         if self.activation_function not in ACTIVATION_FUNCTIONS:
             raise ValueError(
                 f"`activation_function` must be one of {list(ACTIVATION_FUNCTIONS)}, got {self.activation_function!r}."
             )
         if self.init_std is not None and not (isinstance(self.init_std, (int, float)) and self.init_std > 0):
             raise ValueError(f"`init_std` must be a positive float or None (d_model ** -0.5), got {self.init_std!r}.")
-        for name in ("scale_embedding", "normalize_before", "tie_word_embeddings", "is_encoder_decoder", "use_cache"):
+        for name in ("scale_embedding", "normalize_before", "tie_word_embeddings", "is_encoder_decoder", "use_cache",
+                     "relative_attention_per_head"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"`{name}` must be True or False, got {getattr(self, name)!r}.")
         for name in ("pad_token_id", "bos_token_id", "eos_token_id", "decoder_start_token_id"):
@@ -141,6 +208,31 @@ class VaswaniConfig(PreTrainedConfig):
                 raise ValueError(
                     f"`{name}` must be a token id in [0, vocab_size - 1] = [0, {self.vocab_size - 1}], got {value!r}."
                 )
+
+
+    def check_image_fields(self) -> None:
+        """`image_size` and `patch_size`: both None (a text model), or whole patches that fit the positions."""
+        if self.image_size is None and self.patch_size is None:
+            return
+        for name in ("image_size", "patch_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(
+                    f"`{name}` must be a positive integer (set both `image_size` and `patch_size` for an image "
+                    f"model, neither for a text model), got {value!r}."
+                )
+        if self.image_size % self.patch_size != 0:
+            raise ValueError(
+                f"`image_size` ({self.image_size}) must be divisible by `patch_size` ({self.patch_size}): the image "
+                f"is cut into whole patches. Allowed patch sizes: "
+                f"{[p for p in range(1, self.image_size + 1) if self.image_size % p == 0]}."
+            )
+        if (self.image_size // self.patch_size) ** 2 > self.max_position_embeddings:
+            raise ValueError(
+                f"An image of `image_size`={self.image_size} cut into patches of `patch_size`={self.patch_size} has "
+                f"{(self.image_size // self.patch_size) ** 2} patches, more than `max_position_embeddings`="
+                f"{self.max_position_embeddings}: raise `max_position_embeddings` or `patch_size`."
+            )
 
 
 __all__ = ["VaswaniConfig"]

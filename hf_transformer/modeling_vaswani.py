@@ -25,6 +25,7 @@ from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import (
     BaseModelOutput,
     BaseModelOutputWithPastAndCrossAttentions,
+    CausalLMOutputWithPast,
     Seq2SeqLMOutput,
     Seq2SeqModelOutput,
 )
@@ -80,6 +81,19 @@ def check_positions(length: int, config: VaswaniConfig, side: str) -> None:
         )
 
 
+def check_source_ids(input_ids: torch.Tensor, vocab_size: int, check_values: bool) -> None:
+    """An empty source, or ids outside the vocabulary, fail here with a clear message instead of a reshape error or
+    an index error (a device-side assert on CUDA) inside the kernels. The id range costs a host sync, so it is
+    checked only when `check_values` (evaluation and generate(); training ids come from the model's own tokenizer)."""
+    if input_ids.shape[-1] == 0:
+        raise ValueError("The source `input_ids` are empty (0 tokens): every source needs at least its `</s>`.")
+    if check_values and bool(((input_ids < 0) | (input_ids >= vocab_size)).any()):
+        raise ValueError(
+            f"The source `input_ids` hold ids outside [0, {vocab_size - 1}] (min {int(input_ids.min())}, max "
+            f"{int(input_ids.max())}): the tokenizer does not belong to this model (`vocab_size`={vocab_size})."
+        )
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # §3.2 Attention: masks, the eager kernel, multi-head attention
 # ----------------------------------------------------------------------------------------------------------------
@@ -89,9 +103,17 @@ def check_positions(length: int, config: VaswaniConfig, side: str) -> None:
 # `is_causal=True` instead of a materialised triangle.
 
 
+def has_padding(attention_mask: torch.Tensor | None) -> bool:
+    """Whether a (B, L) mask hides any position. Reading its values is a host sync that torch.compile cannot trace
+    (a graph break), so while compiling a given mask always counts as padded and the explicit mask is built."""
+    if attention_mask is None:
+        return False
+    return torch.compiler.is_compiling() or not bool(attention_mask.all())
+
+
 def padding_mask(attention_mask: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
     """(B, S) with 1 = token, 0 = padding -> additive (B, 1, 1, S), or None when nothing is padded."""
-    if attention_mask is None or bool(attention_mask.all()):
+    if not has_padding(attention_mask):
         return None
     keep = attention_mask.bool()[:, None, None, :]  # (B, 1, 1, S)
     return torch.zeros(keep.shape, dtype=dtype, device=keep.device).masked_fill(~keep, torch.finfo(dtype).min)
@@ -143,6 +165,66 @@ def eager_attention_forward(
     return output.transpose(1, 2).contiguous(), weights  # (B, T_q, H, Dh)
 
 
+# Attention variants (self-attention only; cross-attention is always the content-only attention above). Both
+# enter the kernel through its additive mask, so the eager and sdpa backends compute the same thing:
+# - relative positions (Shaw et al. 2018; Music Transformer, Huang et al. 2018): logits + q_i . e_clip(j - i),
+#   computed with the skewing trick in O(L Dh) extra memory besides the logits themselves;
+# - local 1D blocks (Image Transformer, Parmar et al. 2018, §3.2 there): queries in blocks of l_q, each block sees a
+#   window of keys around it; the blocks go through the kernel as a batch, so the cost is linear in L.
+
+
+def skew(logits: torch.Tensor, key_length: int) -> torch.Tensor:
+    """Music Transformer's skewing, generalised to queries at P..P+T-1 and any key range.
+
+    logits: (..., T, M) where column c holds query i's logit for the relative distance c - (P + T - 1) (the lowest
+    distance comes first). Returns (..., T, key_length) where entry [i, j] is the logit for distance j - (P + i).
+    Pad one column on the left, flatten, drop the first T entries and read the rest as T rows of M: row i is then
+    shifted left by T - 1 - i columns. Entries whose distance lies outside the M columns (above the diagonal of the
+    causal case) hold values of the next row: the caller masks them.
+    """
+    *batch, query_length, columns = logits.shape
+    padded = nn.functional.pad(logits, (1, 0))  # (..., T, M + 1)
+    flat = padded.reshape(*batch, query_length * (columns + 1))  # (..., T (M + 1))
+    return flat[..., query_length:].view(*batch, query_length, columns)[..., :key_length]  # (..., T, Lk)
+
+
+class VaswaniRelativePositionEmbedding(nn.Module):
+    """E_r: one learned vector of size Dh per clipped relative distance in [-K, K] (K = `max_relative_position`),
+    one table per head or one shared by all heads (`relative_attention_per_head`)."""
+
+    def __init__(self, config: VaswaniConfig, num_heads: int, head_dim: int):
+        super().__init__()
+        self.max_distance = config.max_relative_position
+        tables = num_heads if config.relative_attention_per_head else 1
+        self.weight = nn.Parameter(torch.empty(tables, 2 * self.max_distance + 1, head_dim))  # (H or 1, 2K + 1, Dh)
+
+    def forward(self, query: torch.Tensor, past_length: int, key_length: int, causal: bool) -> torch.Tensor:
+        """S_rel[b, h, i, j] = q_i . e_clip(j - (P + i)) for queries (B, H, T, Dh) at positions P..P+T-1 and keys at
+        0..key_length-1. Returns (B, H, T, key_length), unscaled. Causal attention needs distances <= 0 only."""
+        query_length = query.shape[2]
+        lowest = -(past_length + query_length - 1)
+        highest = 0 if causal else key_length - 1 - past_length
+        distances = torch.arange(lowest, highest + 1, device=query.device)  # (M,), M = highest - lowest + 1
+        index = distances.clamp(-self.max_distance, self.max_distance) + self.max_distance  # clipping (Shaw §3.2)
+        embeddings = self.weight[:, index].to(query.dtype)  # (H or 1, M, Dh): the only O(L Dh) extra memory
+        logits = torch.matmul(query, embeddings.transpose(-1, -2))  # Q E_r^T: (B, H, T, M), by relative distance
+        return skew(logits, key_length)  # (B, H, T, Lk), by absolute key position
+
+
+def local_windows(states: torch.Tensor, first_block: int, num_blocks: int, block: int, before: int, after: int):
+    """Cut (B, H, L, X) along L into the key/value windows of `num_blocks` query blocks of length `block`, starting
+    with block `first_block`: window b covers positions (first_block + b) * block - before ...
+    (first_block + b + 1) * block + after - 1, zero-padded outside 0..L-1. Returns (B, H, nblocks, W, X),
+    W = before + block + after; memory (B H L W X / block): linear in L."""
+    length = states.shape[2]
+    start = first_block * block - before
+    end = (first_block + num_blocks) * block + after
+    inside = states[:, :, max(start, 0) : min(end, length)]
+    padded = nn.functional.pad(inside, (0, 0, max(-start, 0), max(end - length, 0)))  # (B, H, nb*block + W-block, X)
+    windows = padded.unfold(2, before + block + after, block)  # a view: (B, H, nb, X, W)
+    return windows.transpose(-1, -2)  # (B, H, nb, W, X)
+
+
 class VaswaniAttention(nn.Module):
     """Multi-head attention, §3.2.2: H heads of size Dh = D / H, projected by W^Q, W^K, W^V, concatenated, W^O.
 
@@ -151,9 +233,18 @@ class VaswaniAttention(nn.Module):
     encoder output and are computed once per generation. The kernel comes from the library's attention
     interface under the name the config carries (`attn_implementation="eager"` or `"sdpa"`, switchable with
     `model.set_attn_implementation`); both take the same additive mask and give the same result.
+    Self-attention may use the variants of the config (`position_embedding_type="relative"`,
+    `attention_type="local"`); `causal` marks decoder self-attention (one-sided windows, distances <= 0).
     """
 
-    def __init__(self, config: VaswaniConfig, num_heads: int, is_cross_attention: bool, layer_idx: int | None):
+    def __init__(
+        self,
+        config: VaswaniConfig,
+        num_heads: int,
+        is_cross_attention: bool,
+        layer_idx: int | None,
+        causal: bool = False,
+    ):
         super().__init__()
         self.config = config
         self.num_heads = num_heads
@@ -167,6 +258,16 @@ class VaswaniAttention(nn.Module):
         self.k_proj = nn.Linear(config.d_model, config.d_model)
         self.v_proj = nn.Linear(config.d_model, config.d_model)
         self.out_proj = nn.Linear(config.d_model, config.d_model)
+        # The variants, chosen once; cross-attention is always full and content-only.
+        self.causal = causal
+        self.local = config.attention_type == "local" and not is_cross_attention
+        self.block_length = config.local_block_length
+        self.memory_length = config.local_memory_length
+        self.relative_position_embedding = (
+            VaswaniRelativePositionEmbedding(config, num_heads, self.head_dim)
+            if config.position_embedding_type == "relative" and not is_cross_attention
+            else None
+        )
 
     def split_heads(self, states: torch.Tensor) -> torch.Tensor:
         batch, length, _ = states.shape
@@ -177,11 +278,12 @@ class VaswaniAttention(nn.Module):
         hidden_states: torch.Tensor,
         attention_mask: torch.Tensor | None,
         key_value_states: torch.Tensor | None = None,
-        past_key_values: EncoderDecoderCache | None = None,
+        past_key_values: Cache | None = None,
         is_causal: bool = False,
         output_attentions: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """hidden_states: (B, T, D) queries; key_value_states: (B, S, D) encoder output for cross-attention."""
+        """hidden_states: (B, T, D) queries; key_value_states: (B, S, D) encoder output for cross-attention;
+        past_key_values: an EncoderDecoderCache, or a DynamicCache for the decoder-only model."""
         batch, length, _ = hidden_states.shape
         query = self.split_heads(self.q_proj(hidden_states))  # (B, H, T, Dh)
 
@@ -200,25 +302,148 @@ class VaswaniAttention(nn.Module):
             key = self.split_heads(self.k_proj(hidden_states))  # (B, H, T, Dh)
             value = self.split_heads(self.v_proj(hidden_states))  # (B, H, T, Dh)
             if past_key_values is not None:  # append this step to the cache: (B, H, P + T, Dh)
-                key, value = past_key_values.self_attention_cache.update(key, value, self.layer_idx)
+                cache = past_key_values
+                if isinstance(cache, EncoderDecoderCache):
+                    cache = cache.self_attention_cache
+                key, value = cache.update(key, value, self.layer_idx)
 
         # `_attn_implementation` is the config attribute the attention interface is keyed by (there is no public one)
         implementation = self.config._attn_implementation or "eager"
         if output_attentions:  # only the eager kernel materialises the weights
             implementation = "eager"
         attention_fn: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(implementation, eager_attention_forward)
-        output, weights = attention_fn(
-            self,
-            query,
-            key,
-            value,
-            attention_mask,
-            dropout=self.dropout if self.training else 0.0,
-            scaling=self.scaling,
-            is_causal=is_causal,
-        )
+        dropout = self.dropout if self.training else 0.0
+        if self.local:
+            output, weights = self.local_attention(
+                attention_fn, query, key, value, attention_mask, dropout, output_attentions
+            )
+        else:
+            if self.relative_position_embedding is not None:
+                past_length = key.shape[2] - length  # self-attention: the T queries are the last T positions
+                attention_mask = self.relative_bias(query, past_length, key.shape[2], attention_mask, is_causal)
+                is_causal = False
+            output, weights = attention_fn(
+                self,
+                query,
+                key,
+                value,
+                attention_mask,
+                dropout=dropout,
+                scaling=self.scaling,
+                is_causal=is_causal,
+            )
         output = output.reshape(batch, length, self.num_heads * self.head_dim)  # concat heads: (B, T, D)
         return self.out_proj(output), (weights if output_attentions else None)
+
+    def relative_bias(
+        self,
+        query: torch.Tensor,
+        past_length: int,
+        key_length: int,
+        attention_mask: torch.Tensor | None,
+        is_causal: bool,
+    ) -> torch.Tensor:
+        """The mask plus S_rel / sqrt(Dh) (Music Transformer: softmax((Q K^T + S_rel) / sqrt(Dh)) V): (B, H, T, Lk)
+        for queries at positions P..P+T-1 and keys at 0..Lk-1."""
+        query_length = query.shape[2]
+        bias = self.relative_position_embedding(query, past_length, key_length, self.causal) * self.scaling
+        if is_causal:  # a float bias rules out SDPA's `is_causal` flag: materialise the triangle (§3.2.3)
+            attention_mask = causal_mask(query_length, past_length, None, bias.dtype, bias.device)
+        return bias if attention_mask is None else bias + attention_mask
+
+    def local_attention(
+        self,
+        attention_fn: Callable,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        dropout: float,
+        output_attentions: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Image Transformer 1D local self-attention, blocked so that time and memory are linear in the length.
+
+        query: (B, H, T, Dh) at positions P..P+T-1; key, value: (B, H, P + T, Dh); attention_mask: additive key
+        padding (B, 1, 1, P + T) or None. The query block of positions b l_q ... b l_q + l_q - 1 sees the keys from
+        b l_q - l_m up to its own end, causally inside (decoder), or up to l_m positions past its end (encoder).
+        Returns (B, T, H, Dh) and, when asked, the weights spread out to (B, H, T, P + T).
+        """
+        batch, heads, query_length, head_dim = query.shape
+        key_length = key.shape[2]
+        past_length = key_length - query_length
+        block, before = self.block_length, self.memory_length
+        after = 0 if self.causal else self.memory_length
+        if attention_mask is not None and attention_mask.shape[-2] != 1:
+            raise ValueError("Local attention takes a key padding mask (B, 1, 1, L), not a (B, 1, T, L) mask.")
+
+        if self.causal and query_length == 1 and not output_attentions:
+            # One generation step at position p: its window is simply the keys block_start(p) - l_m ... p.
+            start = max(past_length // block * block - before, 0)
+            key, value = key[:, :, start:], value[:, :, start:]  # (B, H, W', Dh)
+            mask = None if attention_mask is None else attention_mask[..., start:]
+            if self.relative_position_embedding is not None:
+                mask = self.relative_bias(query, past_length - start, key_length - start, mask, False)
+            output, _ = attention_fn(
+                self, query, key, value, mask, dropout=dropout, scaling=self.scaling, is_causal=False
+            )
+            return output, None
+
+        first = past_length // block  # the block of position P
+        num_blocks = (key_length - 1) // block - first + 1
+        lead = past_length - first * block  # query slots of the first block before position P
+        window = before + block + after
+        # Queries padded to whole blocks, the blocks going to the kernel as batch entries: (B nb, H, l_q, Dh).
+        padded = nn.functional.pad(query, (0, 0, lead, num_blocks * block - lead - query_length))  # (B, H, nb l_q, Dh)
+        blocked_query = padded.view(batch, heads, num_blocks, block, head_dim).transpose(1, 2)  # (B, nb, H, l_q, Dh)
+        blocked_query = blocked_query.reshape(batch * num_blocks, heads, block, head_dim)
+        blocked_key, blocked_value = (
+            local_windows(states, first, num_blocks, block, before, after)  # (B, H, nb, W, Dh)
+            .transpose(1, 2)
+            .reshape(batch * num_blocks, heads, window, head_dim)  # (B nb, H, W, Dh)
+            for states in (key, value)
+        )
+
+        # Which (query slot i, window slot w) pairs may attend: the key exists (0 <= position < P + T), it is not
+        # padding, and in the decoder it is not after the query (w - l_m <= i).
+        arange = torch.arange(max(window, num_blocks), device=query.device)
+        key_positions = (first + arange[:num_blocks, None]) * block - before + arange[None, :window]  # (nb, W)
+        keep = ((key_positions >= 0) & (key_positions < key_length))[None, :, None, :]  # (1, nb, 1, W)
+        if self.causal:
+            keep = keep & (arange[None, :window] - before <= arange[:block, None])  # (1, nb, l_q, W)
+        if attention_mask is not None:
+            not_padding = (attention_mask[:, :, 0, :, None] == 0).to(query.dtype)  # (B, 1, P + T, 1)
+            not_padding = local_windows(not_padding, first, num_blocks, block, before, after)  # (B, 1, nb, W, 1)
+            keep = keep & (not_padding[:, 0, :, None, :, 0] > 0)  # (B, nb, l_q or 1, W)
+        mask = torch.zeros(keep.shape, dtype=query.dtype, device=query.device)
+        mask = mask.masked_fill(~keep, torch.finfo(query.dtype).min).expand(batch, num_blocks, block, window)
+        mask = mask.reshape(batch * num_blocks, 1, block, window)  # (B nb, 1, l_q, W): linear in L
+        if self.relative_position_embedding is not None:
+            # key slot w of any block is at distance w - l_m - i from query slot i: the rectangular case, P = l_m
+            mask = self.relative_bias(blocked_query, before, window, mask, False)  # (B nb, H, l_q, W)
+
+        output, weights = attention_fn(
+            self,
+            blocked_query,
+            blocked_key,
+            blocked_value,
+            mask,
+            dropout=dropout,
+            scaling=self.scaling,
+            is_causal=False,
+        )  # (B nb, l_q, H, Dh)
+        output = output.reshape(batch, num_blocks * block, heads, head_dim)[:, lead : lead + query_length]
+        if not output_attentions:
+            return output, None
+        # Spread the block weights out to (B, H, T, P + T), for inspection only (this is quadratic).
+        blocks = weights.view(batch, num_blocks, heads, block, window)
+        frame = weights.new_zeros(batch, heads, num_blocks * block, num_blocks * block + before + after)
+        for b in range(num_blocks):
+            frame[:, :, b * block : (b + 1) * block, b * block : b * block + window] = blocks[:, b]
+        start = first * block - before  # the position of the frame's first column
+        low, high = max(start, 0), min(start + frame.shape[-1], key_length)
+        dense = weights.new_zeros(batch, heads, query_length, key_length)
+        dense[..., low:high] = frame[:, :, lead : lead + query_length, low - start : high - start]
+        return output, dense
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -275,15 +500,19 @@ class VaswaniEncoderLayer(VaswaniLayer):
 
 
 class VaswaniDecoderLayer(VaswaniLayer):
-    """Masked self-attention, encoder-decoder attention, then the FFN (§3.1, Figure 1 right)."""
+    """Masked self-attention, encoder-decoder attention, then the FFN (§3.1, Figure 1 right). A decoder-only
+    config (`is_encoder_decoder=False`, [`VaswaniForCausalLM`]) has no encoder-decoder attention."""
 
     def __init__(self, config: VaswaniConfig, layer_idx: int):
         super().__init__()
         self.normalize_before = config.normalize_before
-        self.self_attn = VaswaniAttention(config, config.decoder_attention_heads, False, layer_idx)
+        self.self_attn = VaswaniAttention(config, config.decoder_attention_heads, False, layer_idx, causal=True)
         self.self_attn_layer_norm = nn.LayerNorm(config.d_model)
-        self.encoder_attn = VaswaniAttention(config, config.decoder_attention_heads, True, layer_idx)
-        self.encoder_attn_layer_norm = nn.LayerNorm(config.d_model)
+        if config.is_encoder_decoder:
+            self.encoder_attn = VaswaniAttention(config, config.decoder_attention_heads, True, layer_idx)
+            self.encoder_attn_layer_norm = nn.LayerNorm(config.d_model)
+        else:
+            self.encoder_attn, self.encoder_attn_layer_norm = None, None
         self.fc1 = nn.Linear(config.d_model, config.decoder_ffn_dim)  # §3.3 position-wise FFN
         self.fc2 = nn.Linear(config.decoder_ffn_dim, config.d_model)
         self.activation_fn = ACT2FN[config.activation_function]
@@ -295,9 +524,9 @@ class VaswaniDecoderLayer(VaswaniLayer):
         self,
         hidden_states: torch.Tensor,
         attention_mask: torch.Tensor | None,
-        encoder_hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor | None,
         encoder_attention_mask: torch.Tensor | None,
-        past_key_values: EncoderDecoderCache | None = None,
+        past_key_values: Cache | None = None,
         is_causal: bool = False,
         output_attentions: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
@@ -315,19 +544,21 @@ class VaswaniDecoderLayer(VaswaniLayer):
         if not self.normalize_before:
             hidden_states = self.self_attn_layer_norm(hidden_states)
 
-        residual = hidden_states
-        if self.normalize_before:
-            hidden_states = self.encoder_attn_layer_norm(hidden_states)
-        hidden_states, cross_weights = self.encoder_attn(
-            hidden_states,
-            encoder_attention_mask,
-            key_value_states=encoder_hidden_states,
-            past_key_values=past_key_values,
-            output_attentions=output_attentions,
-        )
-        hidden_states = residual + self.dropout(hidden_states)
-        if not self.normalize_before:
-            hidden_states = self.encoder_attn_layer_norm(hidden_states)
+        cross_weights = None
+        if self.encoder_attn is not None:
+            residual = hidden_states
+            if self.normalize_before:
+                hidden_states = self.encoder_attn_layer_norm(hidden_states)
+            hidden_states, cross_weights = self.encoder_attn(
+                hidden_states,
+                encoder_attention_mask,
+                key_value_states=encoder_hidden_states,
+                past_key_values=past_key_values,
+                output_attentions=output_attentions,
+            )
+            hidden_states = residual + self.dropout(hidden_states)
+            if not self.normalize_before:
+                hidden_states = self.encoder_attn_layer_norm(hidden_states)
 
         residual = hidden_states
         if self.normalize_before:
@@ -354,6 +585,21 @@ class VaswaniPreTrainedModel(PreTrainedModel):
     _supports_flex_attn = False
     _no_split_modules = ["VaswaniEncoderLayer", "VaswaniDecoderLayer"]
 
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
+        """`PreTrainedModel.from_pretrained`, naming the folder or repository when its weights are damaged:
+        safetensors' own error (a truncated file, a corrupt header) does not say which file it read."""
+        try:
+            return super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
+        except Exception as error:
+            if type(error).__name__ != "SafetensorError":  # matched by name: this file imports only torch/transformers
+                raise
+            raise OSError(
+                f"The weights of {str(pretrained_model_name_or_path)!r} are truncated or corrupt: its model.safetensors "
+                f"(or a shard named in model.safetensors.index.json) cannot be read ({error}). Export or download "
+                "the model again (from_pretrained(..., force_download=True) for a Hub copy)."
+            ) from error
+
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
         """fairseq's initialisation (the paper does not give one): Xavier-uniform projections, zero biases,
@@ -370,9 +616,15 @@ class VaswaniPreTrainedModel(PreTrainedModel):
         elif isinstance(module, nn.LayerNorm):
             init.ones_(module.weight)
             init.zeros_(module.bias)
+        elif isinstance(module, nn.Conv2d):  # the image encoder's patch projection: one linear map per patch
+            init.xavier_uniform_(module.weight)
+            if module.bias is not None:
+                init.zeros_(module.bias)
         elif isinstance(module, VaswaniSinusoidalPositionalEmbedding):
             # Non-persistent buffer: rebuilt after `from_pretrained` instead of being left uninitialised.
             init.copy_(module.weight, sinusoidal_table(module.num_positions, module.embedding_dim))
+        elif isinstance(module, VaswaniRelativePositionEmbedding):  # N(0, Dh^-0.5), as tensor2tensor's E_r
+            init.normal_(module.weight, mean=0.0, std=module.weight.shape[-1] ** -0.5)
 
     def get_expanded_tied_weights_keys(self, all_submodels: bool = False) -> dict:
         """The encoder and decoder always share one embedding matrix (§3.4); `tie_word_embeddings` only decides
@@ -383,6 +635,17 @@ class VaswaniPreTrainedModel(PreTrainedModel):
         if not self.config.tie_word_embeddings:
             tied.pop("lm_head.weight", None)
         return tied
+
+    def _reorder_cache(self, past_key_values: Cache | None, beam_idx: torch.Tensor) -> Cache | None:
+        """Beam search hook of `generate()` (it calls `_reorder_cache` when a model defines one): move the decoder
+        self-attention cache to the surviving beams. The encoder keys/values are left alone: a beam never leaves its
+        sentence and all beams of a sentence hold the same encoder output, so reordering them would copy identical
+        rows; skipping it halves the per-step copy that dominates beam decoding on CPU (benchmarks/decode.py)."""
+        if isinstance(past_key_values, EncoderDecoderCache):
+            past_key_values.self_attention_cache.reorder_cache(beam_idx)
+        elif past_key_values is not None:
+            past_key_values.reorder_cache(beam_idx)
+        return past_key_values
 
 
 def default_generation_config(config: VaswaniConfig) -> GenerationConfig:
@@ -413,8 +676,10 @@ class VaswaniStack(VaswaniPreTrainedModel):
         self.embed_scale = math.sqrt(config.d_model) if config.scale_embedding else 1.0
         if config.position_embedding_type == "sinusoidal":
             self.embed_positions = VaswaniSinusoidalPositionalEmbedding(config.max_position_embeddings, config.d_model)
-        else:  # "learned": Table 3, row E
+        elif config.position_embedding_type == "learned":  # Table 3, row E
             self.embed_positions = nn.Embedding(config.max_position_embeddings, config.d_model)
+        else:  # "relative": positions enter every self-attention instead (VaswaniRelativePositionEmbedding)
+            self.embed_positions = None
         self.dropout = nn.Dropout(config.dropout)
         self.layer_norm = nn.LayerNorm(config.d_model) if config.normalize_before else None
         self.gradient_checkpointing = False
@@ -428,11 +693,16 @@ class VaswaniStack(VaswaniPreTrainedModel):
     def embed(
         self, input_ids: torch.Tensor | None, inputs_embeds: torch.Tensor | None, past_length: int, side: str
     ) -> torch.Tensor:
-        """Dropout(Embedding(x) * sqrt(D) + PE(positions)), §3.4, §3.5, §5.4. Returns (B, L, D)."""
+        """Dropout(Embedding(x) * sqrt(D) + PE(positions)), §3.4, §3.5, §5.4. Returns (B, L, D).
+        With relative positions nothing is added and the length is unbounded."""
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError(f"Pass exactly one of the {side} `input_ids` and `inputs_embeds`.")
+        if input_ids is not None and side == "source":
+            check_source_ids(input_ids, self.embed_tokens.num_embeddings, check_values=not self.training)
         if inputs_embeds is None:
             inputs_embeds = self.embed_tokens(input_ids)  # (B, L, D)
+        if self.embed_positions is None:
+            return self.dropout(inputs_embeds * self.embed_scale)
         length = inputs_embeds.shape[1]
         check_positions(past_length + length, self.config, side)
         positions = torch.arange(past_length, past_length + length, device=inputs_embeds.device)  # (L,)
@@ -487,7 +757,9 @@ class VaswaniEncoder(VaswaniStack):
 
 
 class VaswaniDecoder(VaswaniStack):
-    """N identical layers over the shifted target, attending to the encoder output; causal self-attention."""
+    """N identical layers over the shifted target, attending to the encoder output; causal self-attention.
+    With a decoder-only config (`is_encoder_decoder=False`) it is the whole model of [`VaswaniForCausalLM`]: no
+    encoder output, and a DynamicCache instead of an EncoderDecoderCache."""
 
     def __init__(self, config: VaswaniConfig, embed_tokens: nn.Embedding):
         super().__init__(config, embed_tokens)
@@ -513,17 +785,23 @@ class VaswaniDecoder(VaswaniStack):
         )
         return_dict = self.config.return_dict if return_dict is None else return_dict
         use_cache = self.config.use_cache if use_cache is None else use_cache
-        if encoder_hidden_states is None:
+        encoder_decoder = self.config.is_encoder_decoder
+        if encoder_decoder and encoder_hidden_states is None:
             raise ValueError("The decoder attends to the encoder output: pass `encoder_hidden_states` (B, S, D).")
         if self.gradient_checkpointing and self.training and use_cache:
             use_cache = False  # recomputing a layer would append to the cache twice
         if use_cache and past_key_values is None:
-            past_key_values = EncoderDecoderCache(DynamicCache(config=self.config), DynamicCache(config=self.config))
+            past_key_values = (
+                EncoderDecoderCache(DynamicCache(config=self.config), DynamicCache(config=self.config))
+                if encoder_decoder
+                else DynamicCache(config=self.config)
+            )
         if not use_cache:
             past_key_values = None
-        if past_key_values is not None and not isinstance(past_key_values, EncoderDecoderCache):
+        expected_cache = EncoderDecoderCache if encoder_decoder else Cache
+        if past_key_values is not None and not isinstance(past_key_values, expected_cache):
             raise TypeError(
-                f"`past_key_values` must be an EncoderDecoderCache, got {type(past_key_values).__name__}; "
+                f"`past_key_values` must be an {expected_cache.__name__}, got {type(past_key_values).__name__}; "
                 "the tuple format was removed in transformers 5."
             )
         past_length = past_key_values.get_seq_length() if past_key_values is not None else 0
@@ -534,8 +812,10 @@ class VaswaniDecoder(VaswaniStack):
 
         # Self-attention mask. Without padding, a fresh sequence uses `is_causal` (no materialised triangle) and a
         # single new token may see the whole cache; every other case gets an explicit (B, 1, T, P + T) mask.
-        decoder_padding = attention_mask is not None and not bool(attention_mask.all())
-        if not decoder_padding and (past_length == 0 or query_length == 1):
+        decoder_padding = has_padding(attention_mask)
+        if self.config.attention_type == "local":  # blocked attention cuts its windows from the key padding alone
+            self_mask, is_causal = padding_mask(attention_mask, dtype), False  # (B, 1, 1, P + T) or None
+        elif not decoder_padding and (past_length == 0 or query_length == 1):
             self_mask, is_causal = None, past_length == 0
         else:
             self_mask, is_causal = causal_mask(query_length, past_length, attention_mask, dtype, device), False
@@ -756,12 +1036,280 @@ class VaswaniForConditionalGeneration(VaswaniPreTrainedModel, GenerationMixin):
         return shift_tokens_right(labels, self.config.pad_token_id, self.config.decoder_start_token_id)
 
 
+# ----------------------------------------------------------------------------------------------------------------
+# Images in, text out: image captioning with a patch encoder and the same decoder (CS231n lecture 11; ViT patches)
+# ----------------------------------------------------------------------------------------------------------------
+# The encoder reads the image as a sequence of (image_size / patch_size)^2 patch vectors, in row-major order over
+# the patch grid, with the stack's positions (§3.5) added; everything after that is the encoder of §3.1, and the
+# decoder, the tied output projection and generate() are those of the translation model.
+
+
+class VaswaniImageEncoder(VaswaniEncoder):
+    """ViT-style encoder: split the image into P x P patches, flatten each, project it linearly to D, add positions,
+    dropout, then the N encoder layers (+ the final LayerNorm for pre-LN). No padding: every patch is attended to."""
+
+    main_input_name = "pixel_values"
+
+    def __init__(self, config: VaswaniConfig):
+        if config.image_size is None or config.patch_size is None:
+            raise ValueError(
+                "The image encoder needs `image_size` and `patch_size` in the config (e.g. VaswaniConfig(..., "
+                f"image_size=32, patch_size=4)), got image_size={config.image_size!r}, "
+                f"patch_size={config.patch_size!r}."
+            )
+        super().__init__(config, embed_tokens=None)
+        # Flatten + linear projection of each patch == a convolution with kernel = stride = P (weights (D, C, P, P)).
+        self.patch_embedding = nn.Conv2d(
+            config.num_channels, config.d_model, kernel_size=config.patch_size, stride=config.patch_size
+        )
+        self.embed_scale = 1.0  # sqrt(D) compensates the token embeddings' N(0, D^-0.5) init (§3.4), not pixels
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Conv2d:
+        return self.patch_embedding
+
+    def check_pixel_values(self, pixel_values: torch.Tensor) -> None:
+        """Fail with the expected shape instead of a convolution or position error."""
+        expected = (self.config.num_channels, self.config.image_size, self.config.image_size)
+        if pixel_values.dim() != 4 or tuple(pixel_values.shape[1:]) != expected:
+            raise ValueError(
+                f"`pixel_values` must have shape (batch, num_channels, image_size, image_size) = (batch, "
+                f"{', '.join(map(str, expected))}) for this model, got {tuple(pixel_values.shape)}. Prepare images "
+                f"with the model's image processor (VaswaniImageProcessor / AutoImageProcessor.from_pretrained of "
+                f"the model folder), which resizes them to image_size and converts them to num_channels channels."
+            )
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+    ) -> BaseModelOutput | tuple:
+        """pixel_values: (B, C, H, W) normalised images. Returns the encoder states (B, N, D), N = (H / P) * (W / P)."""
+        self.check_pixel_values(pixel_values)
+        patches = self.patch_embedding(pixel_values.to(self.patch_embedding.weight.dtype))  # (B, D, H/P, W/P)
+        patches = patches.flatten(2).transpose(1, 2)  # (B, N, D), patches in row-major order
+        # the stack's embed() adds the positions 0..N-1 (§3.5) and applies dropout; nothing is padded
+        return super().forward(
+            inputs_embeds=patches,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+            return_dict=return_dict,
+        )
+
+
+class VaswaniForImageCaptioning(VaswaniPreTrainedModel, GenerationMixin):
+    """Image in, caption out: `VaswaniImageEncoder` + the translation model's decoder, with its own token embedding
+    tied to the output projection (§3.4). `generate(pixel_values=...)` decodes from `<s>` until `</s>`."""
+
+    main_input_name = "pixel_values"
+    input_modalities = ["image", "text"]
+    _tied_weights_keys = {"lm_head.weight": "decoder.embed_tokens.weight"}
+    _no_split_modules = ["VaswaniEncoderLayer", "VaswaniDecoderLayer"]
+
+    def __init__(self, config: VaswaniConfig):
+        super().__init__(config)
+        self.encoder = VaswaniImageEncoder(config)
+        embed_tokens = nn.Embedding(config.vocab_size, config.d_model, padding_idx=config.pad_token_id)
+        self.decoder = VaswaniDecoder(config, embed_tokens)
+        self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
+        self.post_init()
+        self.generation_config = default_generation_config(config)
+
+    def get_encoder(self, modality: str | None = None) -> VaswaniImageEncoder:
+        return self.encoder
+
+    def get_decoder(self) -> VaswaniDecoder:
+        return self.decoder
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.decoder.embed_tokens
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.decoder.set_input_embeddings(value)
+
+    def get_output_embeddings(self) -> nn.Linear:
+        return self.lm_head
+
+    def set_output_embeddings(self, value: nn.Linear) -> None:
+        self.lm_head = value
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor | None = None,
+        decoder_input_ids: torch.LongTensor | None = None,
+        decoder_attention_mask: torch.Tensor | None = None,
+        encoder_outputs: BaseModelOutput | tuple | None = None,
+        past_key_values: Cache | None = None,
+        decoder_inputs_embeds: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+    ) -> Seq2SeqLMOutput | tuple:
+        """pixel_values: (B, C, H, W); labels: (B, T) caption ids ending with </s>, -100 where no loss is taken
+        (shifted right into the decoder inputs when `decoder_input_ids` is not given). Returns logits (B, T, V)."""
+        return_dict = self.config.return_dict if return_dict is None else return_dict
+        if labels is not None:
+            use_cache = False
+            if decoder_input_ids is None and decoder_inputs_embeds is None:
+                decoder_input_ids = shift_tokens_right(
+                    labels, self.config.pad_token_id, self.config.decoder_start_token_id
+                )
+        if encoder_outputs is None:
+            if pixel_values is None:
+                raise ValueError("Pass `pixel_values` (B, C, H, W) or precomputed `encoder_outputs`.")
+            encoder_outputs = self.encoder(
+                pixel_values,
+                output_attentions=output_attentions,
+                output_hidden_states=output_hidden_states,
+                return_dict=True,
+            )
+        elif not isinstance(encoder_outputs, BaseModelOutput):
+            encoder_outputs = BaseModelOutput(
+                last_hidden_state=encoder_outputs[0],
+                hidden_states=encoder_outputs[1] if len(encoder_outputs) > 1 else None,
+                attentions=encoder_outputs[2] if len(encoder_outputs) > 2 else None,
+            )
+        decoder_outputs = self.decoder(
+            input_ids=decoder_input_ids,
+            attention_mask=decoder_attention_mask,
+            encoder_hidden_states=encoder_outputs.last_hidden_state,
+            encoder_attention_mask=None,  # every patch is real: nothing to mask in cross-attention
+            past_key_values=past_key_values,
+            inputs_embeds=decoder_inputs_embeds,
+            use_cache=use_cache,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+            return_dict=True,
+        )
+        logits = self.lm_head(decoder_outputs.last_hidden_state)  # (B, T, V)
+        loss = None
+        if labels is not None:
+            loss = nn.functional.cross_entropy(
+                logits.float().view(-1, logits.shape[-1]), labels.to(logits.device).view(-1), ignore_index=-100
+            )
+        result = Seq2SeqLMOutput(
+            loss=loss,
+            logits=logits,
+            past_key_values=decoder_outputs.past_key_values,
+            decoder_hidden_states=decoder_outputs.hidden_states,
+            decoder_attentions=decoder_outputs.attentions,
+            cross_attentions=decoder_outputs.cross_attentions,
+            encoder_last_hidden_state=encoder_outputs.last_hidden_state,
+            encoder_hidden_states=encoder_outputs.hidden_states,
+            encoder_attentions=encoder_outputs.attentions,
+        )
+        return result if return_dict else result.to_tuple()
+
+    def prepare_decoder_input_ids_from_labels(self, labels: torch.Tensor) -> torch.Tensor:
+        return shift_tokens_right(labels, self.config.pad_token_id, self.config.decoder_start_token_id)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The decoder alone: a causal language model (the Music Transformer's decoder-only setting, Huang et al. 2018)
+# ----------------------------------------------------------------------------------------------------------------
+
+
+class VaswaniForCausalLM(VaswaniPreTrainedModel, GenerationMixin):
+    """The decoder stack without encoder and cross-attention, its own token embedding tied to the output
+    projection (§3.4), and `generate()` with a DynamicCache. Continuing a prefix (Music Transformer style) is
+    `generate(input_ids=prefix)`. Needs a config with `is_encoder_decoder=False`; the attention variants of the
+    config (relative positions, local blocks) apply to its self-attention."""
+
+    _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
+
+    def __init__(self, config: VaswaniConfig):
+        if config.is_encoder_decoder:
+            raise ValueError(
+                "VaswaniForCausalLM is decoder-only: build it from a config with `is_encoder_decoder=False`, "
+                "e.g. VaswaniConfig(..., is_encoder_decoder=False)."
+            )
+        super().__init__(config)
+        embed_tokens = nn.Embedding(config.vocab_size, config.d_model, padding_idx=config.pad_token_id)
+        self.model = VaswaniDecoder(config, embed_tokens)  # owns the embedding: model.embed_tokens
+        self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
+        self.post_init()
+        self.generation_config = GenerationConfig(
+            max_length=min(256, config.max_position_embeddings),
+            bos_token_id=config.bos_token_id,
+            eos_token_id=config.eos_token_id,
+            pad_token_id=config.pad_token_id,
+        )
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.model.embed_tokens
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.model.set_input_embeddings(value)
+
+    def get_output_embeddings(self) -> nn.Linear:
+        return self.lm_head
+
+    def set_output_embeddings(self, value: nn.Linear) -> None:
+        self.lm_head = value
+
+    def get_decoder(self) -> VaswaniDecoder:
+        return self.model
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        past_key_values: Cache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+    ) -> CausalLMOutputWithPast | tuple:
+        """input_ids: (B, T) tokens following the P cached ones; attention_mask: (B, P + T), 1 = token, 0 = padding.
+        labels: (B, T), usually the input ids themselves, -100 where no loss is taken; position t is scored on
+        predicting labels[:, t + 1] (the shift happens here, as in the library's causal LMs). Returns logits
+        (B, T, V) and the mean next-token cross-entropy."""
+        return_dict = self.config.return_dict if return_dict is None else return_dict
+        if labels is not None:
+            use_cache = False
+        outputs = self.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            past_key_values=past_key_values,
+            inputs_embeds=inputs_embeds,
+            use_cache=use_cache,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+            return_dict=True,
+        )
+        logits = self.lm_head(outputs.last_hidden_state)  # (B, T, V)
+        loss = None
+        if labels is not None:
+            shifted_logits = logits[:, :-1].float()  # (B, T - 1, V): predictions for tokens 1..T-1
+            shifted_labels = labels[:, 1:].to(logits.device)  # (B, T - 1)
+            loss = nn.functional.cross_entropy(
+                shifted_logits.reshape(-1, logits.shape[-1]), shifted_labels.reshape(-1), ignore_index=-100
+            )
+        result = CausalLMOutputWithPast(
+            loss=loss,
+            logits=logits,
+            past_key_values=outputs.past_key_values,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+        )
+        return result if return_dict else result.to_tuple()
+
+
 __all__ = [
     "VaswaniPreTrainedModel",
     "VaswaniModel",
     "VaswaniForConditionalGeneration",
+    "VaswaniForCausalLM",
     "VaswaniEncoder",
     "VaswaniDecoder",
+    "VaswaniImageEncoder",
+    "VaswaniForImageCaptioning",
     "shift_tokens_right",
     "sinusoidal_table",
 ]

@@ -48,6 +48,11 @@ BAD_VALUES = [
     ("activation_dropout", 2, "probability"),
     ("activation_function", "relu6", "one of"),
     ("position_embedding_type", "rotary", "one of"),
+    ("attention_type", "block", "one of"),
+    ("max_relative_position", 0, "positive integer"),
+    ("local_block_length", 0, "positive integer"),
+    ("local_memory_length", -1, "integer >= 0"),
+    ("relative_attention_per_head", "no", "True or False"),
     ("scale_embedding", "yes", "True or False"),
     ("normalize_before", 1, "True or False"),
     ("tie_word_embeddings", None, "True or False"),
@@ -72,8 +77,10 @@ def test_every_bad_value_is_a_value_error_naming_the_field(field, value, message
 
 
 def test_enum_errors_list_the_allowed_values():
-    with pytest.raises(ValueError, match=r"\['sinusoidal', 'learned'\]"):
+    with pytest.raises(ValueError, match=r"\['sinusoidal', 'learned', 'relative'\]"):
         VaswaniConfig(position_embedding_type="absolute")
+    with pytest.raises(ValueError, match=r"`attention_type` must be one of \['full', 'local'\], got 'sparse'"):
+        VaswaniConfig(attention_type="sparse")
     with pytest.raises(ValueError, match=r"Allowed head counts for d_model=100: \[1, 2, 4, 5, 10, 20, 25, 50\]"):
         VaswaniConfig(d_model=100, encoder_attention_heads=8)
 

@@ -56,6 +56,8 @@ def test_auto_classes_resolve_to_ours(tmp_path):
         "AutoConfig": "configuration_vaswani.VaswaniConfig",
         "AutoModel": "modeling_vaswani.VaswaniModel",
         "AutoModelForSeq2SeqLM": "modeling_vaswani.VaswaniForConditionalGeneration",
+        "AutoModelForCausalLM": "modeling_vaswani.VaswaniForCausalLM",
+        "AutoModelForImageTextToText": "modeling_vaswani.VaswaniForImageCaptioning",
     }
 
 
