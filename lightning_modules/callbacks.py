@@ -34,7 +34,7 @@ from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from .average import export_average, find_checkpoints
-from .checkpointing import replace_directory_atomically
+from .checkpointing import recover_directory, replace_directory_atomically
 from .module import gathered_state_dict
 
 log = logging.getLogger(__name__)
@@ -144,6 +144,9 @@ def build_model_card(
     """README.md text: YAML metadata (library, tags, languages, dataset, BLEU as model-index) and the prose."""
     languages = [lang for lang in (source_lang, target_lang) if lang]
     pair = "-".join(languages) if len(languages) == 2 else None
+    # a decoder-only model (VaswaniForCausalLM) is a text generator, loaded with AutoModelForCausalLM
+    seq2seq = getattr(model.config, "is_encoder_decoder", True)
+    auto_class = "AutoModelForSeq2SeqLM" if seq2seq else "AutoModelForCausalLM"
     model_name = f"vaswani-transformer-{pair}" if pair else "vaswani-transformer"
     dataset_label = dataset_name or "unknown"
     eval_results = None
@@ -160,15 +163,16 @@ def build_model_card(
         )]
     card_data = ModelCardData(
         library_name="transformers",
-        pipeline_tag="translation",
-        tags=["translation", "transformer", "attention-is-all-you-need", "seq2seq", "vaswani"],
+        pipeline_tag="translation" if seq2seq else "text-generation",
+        tags=["translation" if seq2seq else "text-generation", "transformer", "attention-is-all-you-need",
+              "seq2seq" if seq2seq else "causal-lm", "vaswani"],
         language=languages or None,
         datasets=[dataset_name] if looks_like_hub_dataset(dataset_name) else None,
         metrics=["bleu"] if bleu is not None else None,
         model_name=model_name,
         eval_results=eval_results,
     )
-    direction = f"{source_lang} → {target_lang}" if pair else "translation"
+    direction = f"{source_lang} → {target_lang}" if pair else ("translation" if seq2seq else "language modelling")
     if bleu is None:
         bleu_line = "- BLEU: not measured for these weights."
     else:
@@ -215,10 +219,10 @@ def build_model_card(
         "## Usage",
         "",
         "```python",
-        "from transformers import AutoModelForSeq2SeqLM, AutoTokenizer",
+        f"from transformers import {auto_class}, AutoTokenizer",
         "",
         "# with the hf_transformer package installed, `import hf_transformer` instead of trust_remote_code",
-        'model = AutoModelForSeq2SeqLM.from_pretrained("<this folder or repo>", trust_remote_code=True)',
+        f'model = {auto_class}.from_pretrained("<this folder or repo>", trust_remote_code=True)',
         'tokenizer = AutoTokenizer.from_pretrained("<this folder or repo>")',
         "```",
         "",
@@ -295,7 +299,9 @@ class HFExportCallback(Callback):
         return self.folder
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        self.resolve_folder(trainer)
+        folder = self.resolve_folder(trainer)
+        if trainer.is_global_zero and stage == TrainerFn.FITTING:
+            recover_directory(folder)  # a run killed mid-export: put the old folder back now, not at the next export
 
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self.fit_started_at = time.monotonic()
@@ -352,6 +358,7 @@ class HFExportCallback(Callback):
         folder = self.resolve_folder(trainer)
         model = pl_module.model
         tokenizer = getattr(trainer.datamodule, "tokenizer", None)
+        image_processor = getattr(trainer.datamodule, "image_processor", None)
         if tokenizer is None:
             rank_zero_warn("HFExportCallback: the data module has no `tokenizer`; the folder will have none.")
         try:
@@ -361,6 +368,8 @@ class HFExportCallback(Callback):
                 model.save_pretrained(tmp, state_dict=state_dict)  # the module's own weights: fp32 under bf16-mixed
                 if tokenizer is not None:
                     tokenizer.save_pretrained(tmp)
+                if image_processor is not None:  # captioning: preprocessor_config.json + its code for remote loading
+                    image_processor.save_pretrained(tmp)
                 (tmp / "README.md").write_text(card, encoding="utf-8")
 
             replace_directory_atomically(folder, write)
@@ -427,8 +436,8 @@ class HubPushCallback(Callback):
         backoff_seconds: wait before the first retry, doubled after each failed retry.
         timeout_seconds: how long the end of fit waits for the last push before giving up with a warning.
         token: a Hub token; default None uses huggingface_hub's resolution (HF_TOKEN, then `hf auth login`).
-            Prefer HF_TOKEN: a token given on a LightningCLI command line or YAML is saved in the run's
-            config.yaml by Lightning's SaveConfigCallback. The token is never logged or shown in repr().
+            Prefer HF_TOKEN: a token written in a YAML recipe sits in that file and in shell history. The run's
+            config.yaml shows it as *** (lightning_modules/cli.py), and it is never logged or shown in repr().
     """
 
     def __init__(

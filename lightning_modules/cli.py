@@ -1,17 +1,19 @@
 """The command line: `hf-transformer fit --config recipes/configs/quickstart.yaml` (or `python -m recipes ...`).
 
-A LightningCLI over `TranslationModule` and any `TranslationDataModule` subclass (`--data.class_path`), with
-fit / validate / test / predict and `--print_config`. The tokenizer's vocabulary size and special ids are linked
-from the data module into the model when both are instantiated.
+A LightningCLI over any LightningModule (`model.class_path`; a `model:` section without one is a
+`TranslationModule`, so the translation recipes name only its arguments) and any LightningDataModule
+(`data.class_path`), with fit / validate / test / predict and `--print_config`. The tokenizer's vocabulary size and
+special ids are linked from the data module into those of the model's arguments that exist.
 """
 
 import logging
 import warnings
 
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from jsonargparse import Namespace
+from lightning.pytorch import LightningDataModule, LightningModule, Trainer
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 
 from .checkpointing import AtomicCheckpointIO
-from .data import TranslationDataModule
 from .module import TranslationModule
 
 LINKED_FROM_DATA = ("vocab_size", "pad_token_id", "bos_token_id", "eos_token_id", "decoder_start_token_id")
@@ -19,8 +21,34 @@ LINKED_FROM_DATA = ("vocab_size", "pad_token_id", "bos_token_id", "eos_token_id"
 
 class TransformerCLI(LightningCLI):
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        for name in LINKED_FROM_DATA:
-            parser.link_arguments(f"data.{name}", f"model.{name}", apply_on="instantiate")
+        parser.set_defaults({"model": {"class_path": f"{TranslationModule.__module__}.{TranslationModule.__name__}"}})
+        for name in LINKED_FROM_DATA:  # a model without one of these arguments (a causal LM) skips its link
+            parser.link_arguments(f"data.{name}", f"model.init_args.{name}", apply_on="instantiate")
+
+
+def redact_tokens(value: object) -> object:
+    """A copy of a parsed config in which every string under a key ending in `token` (a Hub token given on the
+    command line or in YAML, e.g. HubPushCallback's `token`) is replaced by `***`."""
+    if isinstance(value, Namespace):
+        value = Namespace(**{key: redact_tokens(item) for key, item in vars(value).items()})
+        for key, item in vars(value).items():
+            if key.lower().endswith("token") and isinstance(item, str):
+                setattr(value, key, "***")
+        return value
+    if isinstance(value, dict):
+        return {key: ("***" if str(key).lower().endswith("token") and isinstance(item, str) else redact_tokens(item))
+                for key, item in value.items()}
+    if isinstance(value, list):
+        return [redact_tokens(item) for item in value]
+    return value
+
+
+class RedactingSaveConfigCallback(SaveConfigCallback):
+    """Lightning's config.yaml of the run, written without the secrets the command line may carry."""
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        self.config = redact_tokens(self.config)
+        super().setup(trainer, pl_module, stage)
 
 
 def configure_logging() -> None:
@@ -42,10 +70,12 @@ def build_cli(args: list[str] | None = None, run: bool = True) -> TransformerCLI
     `run=False` there is no subcommand and nothing runs (used to check that recipes instantiate)."""
     configure_logging()
     return TransformerCLI(
-        TranslationModule,
-        TranslationDataModule,
+        LightningModule,
+        LightningDataModule,
+        subclass_mode_model=True,
         subclass_mode_data=True,
         auto_configure_optimizers=False,  # the module injects its optimiser and per-step schedule itself
+        save_config_callback=RedactingSaveConfigCallback,
         save_config_kwargs={"overwrite": True},
         trainer_defaults={
             "use_distributed_sampler": False,  # the data module shards its token-budget batches itself

@@ -8,12 +8,22 @@ import yaml
 
 from hf_transformer import train_tokenizer
 from lightning_modules.callbacks import HFExportCallback
+from lightning_modules.captioning import CaptioningDataModule, CaptioningModule
 from lightning_modules.cli import build_cli
 from lightning_modules.data import TranslationDataModule
+from lightning_modules.language_modeling import (
+    CausalLanguageModule,
+    LanguageModelingDataModule,
+)
 from lightning_modules.module import TranslationModule
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "recipes" / "configs").glob("*.yaml"))
 EXPECTED = {"quickstart", "multi30k_de_en", "multi30k_en_de", "iwslt_de_en", "wmt14_en_de_base", "wmt14_en_de_big"}
+EXPECTED |= {"captioning_shapes", "captioning_flickr8k"}  # image captioning (lightning_modules/captioning.py)
+EXPECTED |= {"causal_lm_relative", "causal_lm_multi30k_cpu"}  # decoder-only (lightning_modules/language_modeling.py)
+# (module, data module) pairs a recipe may instantiate
+MODULE_PAIRS = [(TranslationModule, TranslationDataModule), (CaptioningModule, CaptioningDataModule),
+                (CausalLanguageModule, LanguageModelingDataModule)]
 
 
 @pytest.fixture(scope="module")
@@ -38,13 +48,15 @@ def test_recipe_has_a_header_and_instantiates(config, tokenizer_dir, tmp_path, m
     monkeypatch.setattr("sys.argv", ["hf-transformer"])
     cli = build_cli(["--config", str(config), "--data.init_args.tokenizer_path", tokenizer_dir,
                 "--trainer.accelerator", "cpu", "--trainer.precision", "32-true"], run=False)
-    assert isinstance(cli.model, TranslationModule) and isinstance(cli.datamodule, TranslationDataModule)
+    assert any(isinstance(cli.model, module) and isinstance(cli.datamodule, data) for module, data in MODULE_PAIRS)
     recipe = yaml.safe_load(config.read_text())
     model_config = cli.model.model.config
     assert model_config.vocab_size == len(cli.datamodule.tokenizer)  # linked from the data module
-    assert model_config.d_model == recipe["model"]["d_model"]
-    assert model_config.encoder_layers == recipe["model"]["encoder_layers"]
-    assert model_config.encoder_attention_heads == recipe["model"]["attention_heads"]
+    model_args = recipe["model"].get("init_args", recipe["model"])  # a `model:` with a class_path nests its arguments
+    assert model_config.d_model == model_args["d_model"]
+    # a decoder-only model has no encoder: its config mirrors the decoder's sizes there
+    assert model_config.encoder_layers == model_args.get("encoder_layers", model_args.get("decoder_layers"))
+    assert model_config.encoder_attention_heads == model_args["attention_heads"]
     assert any(isinstance(callback, HFExportCallback) for callback in cli.trainer.callbacks)
     assert cli.trainer.max_steps == recipe["trainer"]["max_steps"]
     assert len(cli.trainer.loggers) == 2
@@ -66,3 +78,23 @@ def test_paper_recipes_use_the_papers_hyper_parameters():
         averaging = [c for c in trainer["callbacks"] if c["class_path"].endswith("CheckpointAveragingCallback")]
         assert averaging[0]["init_args"]["last_n"] == average
         assert data["vocab_size"] == 37000
+
+
+def test_the_saved_run_config_hides_hub_tokens(tokenizer_dir, tmp_path, monkeypatch):
+    """A token given on the command line (here to a HubPushCallback) is used, but config.yaml of the run says ***."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("sys.argv", ["hf-transformer"])
+    secret = "planted-cli-token-51d3a0"
+    cli = build_cli(["--config", str(CONFIGS[0].parent / "quickstart.yaml"),
+                     "--data.init_args.tokenizer_path", tokenizer_dir, "--trainer.logger", "false",
+                     "--trainer.default_root_dir", str(tmp_path / "run"),
+                     "--trainer.callbacks+=lightning_modules.callbacks.HubPushCallback",
+                     "--trainer.callbacks.repo_id", "tester/secret", "--trainer.callbacks.token", secret], run=False)
+    pushes = [cb for cb in cli.trainer.callbacks if type(cb).__name__ == "HubPushCallback"]
+    assert pushes and pushes[0].token == secret  # the callback itself gets the real token
+    saver = next(cb for cb in cli.trainer.callbacks if type(cb).__name__ == "RedactingSaveConfigCallback")
+    saver.setup(cli.trainer, cli.model, "fit")
+    saved = (tmp_path / "run" / "config.yaml").read_text()
+    assert secret not in saved
+    assert "token: '***'" in saved or 'token: "***"' in saved or "token: ***" in saved
+    assert "tester/secret" in saved  # the rest of the callback's arguments are kept
