@@ -27,6 +27,11 @@ def paper_generation_config(
 ) -> GenerationConfig:
     """The model's generation config with max_length = source length + 50 (+1 for the decoder start token),
     capped by the positional table."""
+    if num_beams is not None and (isinstance(num_beams, bool) or not isinstance(num_beams, int) or num_beams < 1):
+        raise ValueError(f"`num_beams` must be a positive integer (1 is greedy, the paper uses 4), got {num_beams!r}.")
+    if length_penalty is not None and (isinstance(length_penalty, bool) or not isinstance(length_penalty, (int, float))
+                                       or length_penalty != length_penalty):
+        raise ValueError(f"`length_penalty` must be a number (the paper's alpha is 0.6), got {length_penalty!r}.")
     config = GenerationConfig.from_dict(model.generation_config.to_dict())
     config.max_new_tokens = None
     config.max_length = min(source_length + EXTRA_OUTPUT_TOKENS + 1, model.config.max_position_embeddings)
@@ -37,6 +42,31 @@ def paper_generation_config(
     if config.num_beams == 1:  # greedy: the beam-only settings would only trigger warnings
         config.length_penalty, config.early_stopping = 1.0, False
     return config
+
+
+def check_texts(texts: list[object]) -> None:
+    """Raise a TypeError for a non-str item, a ValueError for a str that is not valid Unicode (a lone surrogate,
+    e.g. from bytes decoded with errors="surrogateescape"): the tokenizer would reject it without saying which."""
+    for index, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise TypeError(f"texts[{index}] is {type(text).__name__}, expected str.")
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as error:
+            raise ValueError(
+                f"texts[{index}] is not valid Unicode: character {error.start} is the lone surrogate "
+                f"{text[error.start]!r}. Decode the input bytes with errors='replace' (or fix its encoding)."
+            ) from None
+
+
+def check_token_ids(encoded: list[list[int]], vocab_size: int) -> None:
+    """A tokenizer with a larger vocabulary than the model's embedding would crash inside the embedding lookup."""
+    for index, ids in enumerate(encoded):
+        if ids and max(ids) >= vocab_size:
+            raise ValueError(
+                f"Input {index} has token id {max(ids)} but the model's `vocab_size` is {vocab_size}: the tokenizer "
+                "does not belong to this model. Load the tokenizer saved with the model."
+            )
 
 
 def check_source_lengths(lengths: list[int], max_length: int, truncation: bool) -> None:
@@ -69,16 +99,16 @@ def translate(
     """
     single = isinstance(texts, str)
     texts = [texts] if single else list(texts)
-    for index, text in enumerate(texts):
-        if not isinstance(text, str):
-            raise TypeError(f"texts[{index}] is {type(text).__name__}, expected str.")
-    if batch_size < 1:
+    check_texts(texts)
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"`batch_size` must be a positive integer, got {batch_size!r}.")
     if not texts:
         return []
     max_source = model.config.max_position_embeddings
     encoded = tokenizer(texts, add_special_tokens=True, truncation=False)["input_ids"]
+    check_token_ids(encoded, model.config.vocab_size)
     check_source_lengths([len(ids) for ids in encoded], max_source, truncation)
+    paper_generation_config(model, 1, num_beams, length_penalty)  # bad settings fail before any work
 
     # Batches hold sources of one token length: no padding, and every sentence gets exactly its own §6.1 limit.
     by_length: dict[int, list[int]] = {}
@@ -114,10 +144,17 @@ class VaswaniTranslationPipeline(Pipeline):
         forward = {"num_beams": num_beams, "length_penalty": length_penalty}
         return preprocess, forward, {}
 
+    def __call__(self, inputs: str | list[str], *args, **kwargs):
+        if isinstance(inputs, list) and not inputs:  # the base class would index inputs[0]
+            return []
+        return super().__call__(inputs, *args, **kwargs)
+
     def preprocess(self, text: str, truncation: bool = False) -> dict:
         if not isinstance(text, str):
             raise TypeError(f"{TASK} translates strings, got {type(text).__name__}.")
+        check_texts([text])
         encoded = self.tokenizer(text, return_tensors="pt", truncation=False)
+        check_token_ids(encoded["input_ids"].tolist(), self.model.config.vocab_size)
         max_source = self.model.config.max_position_embeddings
         check_source_lengths([encoded["input_ids"].shape[1]], max_source, truncation)
         encoded = {name: tensor[:, :max_source] for name, tensor in encoded.items()}
@@ -125,14 +162,24 @@ class VaswaniTranslationPipeline(Pipeline):
         return encoded
 
     def _forward(self, inputs: dict, num_beams: int | None = None, length_penalty: float | None = None) -> dict:
-        if inputs.pop("is_blank"):
-            return {"output_ids": None}
-        config = paper_generation_config(self.model, inputs["input_ids"].shape[1], num_beams, length_penalty)
-        return {"output_ids": self.model.generate(**inputs, generation_config=config)}
+        """One text (batch_size=1, the default) or a padded batch of them (`batch_size=n`): each row is generated
+        unpadded with its own §6.1 length limit, so a batch gives what one-by-one calls give. Returns (b, T) ids;
+        a blank text gets a row of padding, which decodes to ""."""
+        blank = inputs["is_blank"] if isinstance(inputs["is_blank"], list) else [inputs["is_blank"]]
+        pad_id = self.model.config.pad_token_id
+        rows = []
+        for input_ids, attention_mask, is_blank in zip(inputs["input_ids"], inputs["attention_mask"], blank):
+            if is_blank:
+                rows.append(torch.full((1,), pad_id, dtype=torch.long, device=input_ids.device))
+                continue
+            input_ids = input_ids[attention_mask.bool()][None]  # (1, S_i): the row without its padding
+            config = paper_generation_config(self.model, input_ids.shape[1], num_beams, length_penalty)
+            output = self.model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids),
+                                         generation_config=config)
+            rows.append(output[0])
+        return {"output_ids": torch.nn.utils.rnn.pad_sequence(rows, batch_first=True, padding_value=pad_id)}
 
     def postprocess(self, outputs: dict) -> dict:
-        if outputs["output_ids"] is None:
-            return {"translation_text": ""}
         return {"translation_text": self.tokenizer.decode(outputs["output_ids"][0], skip_special_tokens=True)}
 
 

@@ -22,10 +22,21 @@ the user side: a hyper-parameter holding a class, a function, a `pathlib.Path`, 
 stores `hparams_type`, a class), and numpy arrays (e.g. `np.random.get_state()`) in `on_save_checkpoint`.
 `TranslationModule` avoids them: it keeps only numbers, strings and bools in its hparams (the optimiser and scheduler
 callables are excluded with `save_hyperparameters(ignore=...)`) and stores RNG states as tensors and lists of ints.
+
+Every load of this repository is `weights_only=True` (tests/test_safe_loading.py scans the source for it): this
+plugin, `average.py` (through `load_checkpoint_file`), and the HF folders, which hold safetensors only. What cannot be:
+- `ModelParallelStrategy`'s sharded checkpoint folder: the strategy loads it itself, not through this plugin, and
+  `torch.distributed.checkpoint` reads its `.metadata` file with plain `pickle.load` (torch 2.13,
+  distributed/checkpoint/filesystem.py). Only resume sharded checkpoints that you wrote yourself.
+- `LightningModule.load_from_checkpoint("https://...")`: Lightning 2.6 defaults to weights_only=False for URLs
+  (fabric/utilities/cloud_io.py); pass `weights_only=True`. Local paths follow torch's default (True); a Trainer
+  with this plugin (the CLI's default) refuses anything else, URLs included.
 """
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import glob
 import os
 import pickle
@@ -44,6 +55,44 @@ PathLike = str | os.PathLike
 
 class CheckpointLoadError(RuntimeError):
     """A checkpoint file that is truncated, corrupt, or not loadable with `weights_only=True`."""
+
+
+class CheckpointSaveError(OSError):
+    """A checkpoint that could not be written (disk full, file-size limit, unwritable folder); the previous file at
+    that path is untouched."""
+
+
+NO_ROOM = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
+NOT_WRITABLE = (errno.EACCES, errno.EPERM, errno.EROFS)
+
+
+def os_error_in_chain(error: BaseException) -> OSError | None:
+    """The first OSError among `error` and its causes (torch.save reports a failed write() as a RuntimeError
+    "unexpected pos ..." whose context is the OSError)."""
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, OSError):
+            return error
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return None
+
+
+def save_error(path: Path, error: OSError) -> CheckpointSaveError:
+    """A `CheckpointSaveError` naming the file, the reason and the fix."""
+    reason = error.strerror or str(error)
+    if error.errno in NO_ROOM:
+        fix = (f"free space on the disk holding {path.parent} (or raise the file-size limit, `ulimit -f`), or point "
+               "the checkpoint folder (ModelCheckpoint dirpath / trainer default_root_dir) at a disk with room")
+    elif error.errno in NOT_WRITABLE:
+        fix = (f"make {path.parent} writable for this user (or remount it read-write), or point the checkpoint "
+               "folder (ModelCheckpoint dirpath / trainer default_root_dir) somewhere writable")
+    else:
+        fix = "check the disk and the folder, then resume from the previous checkpoint"
+    return CheckpointSaveError(
+        error.errno, f"Could not write checkpoint {path}: {reason}. Fix: {fix}. The previous {path.name} (if any) "
+        "is unchanged and loadable."
+    )
 
 
 def is_local_path(path: PathLike) -> bool:
@@ -73,21 +122,31 @@ def temporary_sibling(path: Path, kind: str = "tmp") -> Path:
 def atomic_torch_save(obj: Any, path: PathLike) -> None:
     """`torch.save(obj)` into a temporary file in the same directory, fsync it, then `os.replace` it onto `path`.
 
-    On any error the temporary file is removed and the previous `path` (if any) is left untouched.
+    On any error the temporary file is removed and the previous `path` (if any) is left untouched; a write that
+    fails for lack of room or permission raises `CheckpointSaveError` naming the file and the fix. Temporary files
+    of `path` left by a process killed while saving are removed first.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temporary_sibling(path)
-    # os.open with 0o666 lets the umask decide the permissions, as a plain open() would (mkstemp forces 0o600)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        for stale in path.parent.glob(f".{glob.escape(path.name)}.tmp-*"):  # a save killed half-way (SIGKILL)
+            stale.unlink(missing_ok=True)
+        tmp = temporary_sibling(path)
+        # os.open with 0o666 lets the umask decide the permissions, as a plain open() would (mkstemp forces 0o600)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    except OSError as error:
+        raise save_error(path, error) from error
     try:
         with os.fdopen(fd, "wb") as handle:
             torch.save(obj, handle)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as error:
         tmp.unlink(missing_ok=True)
+        os_error = os_error_in_chain(error) if isinstance(error, Exception) else None
+        if os_error is not None:
+            raise save_error(path, os_error) from error
         raise
     fsync_directory(path.parent)
 
@@ -97,8 +156,11 @@ def weights_only_failure(error: BaseException) -> str | None:
     message = str(error)
     if not isinstance(error, pickle.UnpicklingError) or "Weights only load failed" not in message:
         return None
-    match = re.search(r"WeightsUnpickler error: ([^\n]*)", message)
-    return match.group(1).strip() if match else message.splitlines()[0]
+    match = re.search(r"WeightsUnpickler error:\s*([^\n]+)", message)
+    reason = match.group(1).strip() if match else message.splitlines()[0]
+    if reason.startswith("Unsupported operand"):  # bytes that are no pickle at all (a file cut short): damage
+        return None
+    return reason
 
 
 def load_checkpoint_file(path: PathLike, map_location: Any = "cpu", mmap: bool = False) -> dict[str, Any]:
@@ -185,10 +247,11 @@ def replace_directory_atomically(target: PathLike, write: Callable[[Path], None]
     """Let `write(tmp)` fill a fresh hidden sibling folder, then swap it in for `target`.
 
     Readers (and a crash at any point) see either the complete old folder or the complete new one: the old folder
-    stays untouched until the new one is written and fsynced; the swap is two renames on the same filesystem
-    (`target` -> `.<name>.old-*`, `.<name>.tmp-*` -> `target`; Linux cannot rename a directory over a non-empty
-    one), and `recover_directory` puts the old folder back if a crash hits between them. If `write` raises, the
-    partial folder is removed and the error propagates. Not safe against two processes writing the same target.
+    stays untouched until the new one is written and fsynced; the swap is one atomic renameat2(RENAME_EXCHANGE) on
+    Linux, elsewhere two renames on the same filesystem (`target` -> `.<name>.old-*`, `.<name>.tmp-*` -> `target`;
+    a directory cannot be renamed over a non-empty one), and `recover_directory` puts the old folder back if a crash
+    hits between them. If `write` raises, the partial folder is removed and the error propagates. Not safe against
+    two processes writing the same target.
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -201,6 +264,10 @@ def replace_directory_atomically(target: PathLike, write: Callable[[Path], None]
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    if target.is_dir() and not target.is_symlink() and exchange_paths(tmp, target):
+        fsync_directory(target.parent)  # one atomic swap: `target` was never missing, `tmp` now holds the old folder
+        shutil.rmtree(tmp, ignore_errors=True)
+        return target
     old = None
     if target.exists() or target.is_symlink():
         old = temporary_sibling(target, "old")
@@ -221,6 +288,21 @@ def replace_directory_atomically(target: PathLike, write: Callable[[Path], None]
     return target
 
 
+RENAME_EXCHANGE = 2  # linux/fs.h
+AT_FDCWD = -100
+
+
+def exchange_paths(first: Path, second: Path) -> bool:
+    """Atomically swap two paths with Linux's renameat2(RENAME_EXCHANGE). False where that is unavailable (another
+    OS, an old C library, a filesystem without it): the caller falls back to two renames."""
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (AttributeError, OSError):
+        return False
+    result = renameat2(AT_FDCWD, os.fsencode(first), AT_FDCWD, os.fsencode(second), RENAME_EXCHANGE)
+    return result == 0
+
+
 def fsync_tree(directory: Path) -> None:
     """fsync every file under `directory`, then the directories themselves."""
     for root, _dirs, files in os.walk(directory):
@@ -239,6 +321,7 @@ def local_path(path: PathLike) -> Path:
 __all__ = [
     "AtomicCheckpointIO",
     "CheckpointLoadError",
+    "CheckpointSaveError",
     "atomic_torch_save",
     "fsync_directory",
     "load_checkpoint_file",

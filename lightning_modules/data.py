@@ -40,6 +40,7 @@ read fully into memory.
 from __future__ import annotations
 
 import bz2
+import codecs
 import gzip
 import hashlib
 import json
@@ -91,9 +92,13 @@ _SPLIT_PATTERN = re.compile(r"^\s*([^\[\]\s]+)\s*(?:\[\s*(-?\d+%?)?\s*:\s*(-?\d+
 
 
 def _open_text(path: str | os.PathLike) -> IO[str]:
-    """Open a UTF-8 text file, decompressing `.gz`/`.bz2`/`.xz`; only "\\n" ends a line (alignment-safe)."""
+    """Open a UTF-8 text file, decompressing `.gz`/`.bz2`/`.xz`; only "\\n" ends a line (alignment-safe).
+
+    A UTF-8 byte order mark at the start of the file (Windows editors write one) is dropped ("utf-8-sig"), so it
+    does not become part of the first sentence.
+    """
     opener = _COMPRESSION_SUFFIXES.get(Path(path).suffix.lower(), open)
-    return opener(path, "rt", encoding="utf-8", newline="\n")
+    return opener(path, "rt", encoding="utf-8-sig", newline="\n")
 
 
 def count_lines(path: str | os.PathLike) -> int:
@@ -106,6 +111,48 @@ def count_lines(path: str | os.PathLike) -> int:
             count += chunk.count(b"\n")
             last = chunk[-1:]
     return count + (last != b"\n")
+
+
+def scan_text_file(path: str | os.PathLike, role: str = "file") -> int:
+    """Number of lines of a (possibly compressed) text file, after checking that it decompresses and is UTF-8.
+
+    Raises a ValueError naming `role` and the file, and for invalid UTF-8 the line, the byte offset and the bytes,
+    instead of the `UnicodeDecodeError` / `BadGzipFile` / `EOFError` that would otherwise surface mid-way through
+    tokenization without a file name.
+    """
+    opener = _COMPRESSION_SUFFIXES.get(Path(path).suffix.lower(), open)
+    lines, offset, pending, last = 0, 0, b"", b"\n"
+    try:
+        with opener(path, "rb") as handle:
+            while chunk := handle.read(1 << 20):
+                data = pending + chunk
+                try:
+                    _, consumed = codecs.utf_8_decode(data, "strict", False)  # stops before an incomplete tail
+                except UnicodeDecodeError as error:
+                    line = lines + data[: error.start].count(b"\n") + 1
+                    raise ValueError(
+                        f"{role} {str(path)!r} is not valid UTF-8: line {line} (byte {offset + error.start}) holds "
+                        f"{data[error.start:error.end + 8]!r}. Convert the file to UTF-8 (e.g. `iconv -f latin1 "
+                        f"-t utf-8`) or remove that line (from both files, for a pair of aligned files)"
+                    ) from None
+                lines += chunk.count(b"\n")
+                offset += consumed
+                pending, last = data[consumed:], chunk[-1:]
+    except (OSError, EOFError, lzma.LZMAError) as error:  # BadGzipFile is an OSError; truncated gzip an EOFError
+        raise ValueError(
+            f"{role} {str(path)!r} cannot be read as a {Path(path).suffix or 'plain text'} file "
+            f"({type(error).__name__}: {error}); is it truncated, or compressed differently than its name says?"
+        ) from error
+    if pending:
+        raise ValueError(
+            f"{role} {str(path)!r} is not valid UTF-8: it ends in the middle of a character ({pending!r} at byte "
+            f"{offset}); was it truncated?"
+        )
+    if lines == 0 and offset == len(codecs.BOM_UTF8):
+        with opener(path, "rb") as handle:
+            if handle.read() == codecs.BOM_UTF8:
+                return 0  # a byte order mark alone: no line, as the reader (utf-8-sig) sees it
+    return lines + (last != b"\n")
 
 
 def read_lines(path: str | os.PathLike) -> list[str]:
@@ -193,16 +240,41 @@ def _slice_range(split_slice: slice, size: int) -> range:
 # ----------------------------------------------------------------------------------------------------------------
 
 
+class _RowError(ValueError):
+    """A raw row whose language column is not text (the caller adds which split it is in)."""
+
+
+def _is_text_feature(feature: Any) -> bool:
+    return isinstance(feature, datasets.Value) and feature.dtype in ("string", "large_string")
+
+
 def _texts_of_batch(
-    batch: dict[str, list[Any]], layout: str, source_lang: str, target_lang: str
+    batch: dict[str, list[Any]], layout: str, source_lang: str, target_lang: str, indices: Any = None
 ) -> tuple[list[str], list[str]]:
-    """Source and target strings of a batch of raw rows (None becomes "")."""
+    """Source and target strings of a batch of raw rows (None and missing languages become "", counted as empty).
+
+    Raises `_RowError` naming the row (from `indices`, when given) and column for a value that is not text.
+    """
+    def bad(position: int, column: str, value: Any) -> _RowError:
+        row = f"row {indices[position]}" if indices is not None else "a row"
+        return _RowError(f"{row}: column {column!r} holds a value of type {type(value).__name__} "
+                         f"({str(value)[:60]!r}), not text: fix or remove that row")
+
     if layout == "translation":
         pairs = batch["translation"]
+        for position, pair in enumerate(pairs):
+            if pair is not None and not isinstance(pair, dict):
+                raise bad(position, "translation", pair)
         sources = [(pair or {}).get(source_lang) for pair in pairs]
         targets = [(pair or {}).get(target_lang) for pair in pairs]
+        columns = (f"translation.{source_lang}", f"translation.{target_lang}")
     else:
         sources, targets = batch[source_lang], batch[target_lang]
+        columns = (source_lang, target_lang)
+    for column, texts in zip(columns, (sources, targets)):
+        for position, text in enumerate(texts):
+            if text is not None and not isinstance(text, str):
+                raise bad(position, column, text)
     return [text or "" for text in sources], [text or "" for text in targets]
 
 
@@ -230,7 +302,7 @@ def encode_pairs(
     with overlong="truncate" overlong pairs are cut (keeping `</s>`). Evaluation: only empty pairs are dropped;
     overlong pairs are truncated (the raw strings stay whole) and a bad ratio is only reported.
     """
-    sources, targets = _texts_of_batch(batch, layout, source_lang, target_lang)
+    sources, targets = _texts_of_batch(batch, layout, source_lang, target_lang, indices)
     source_ids = tokenizer(sources, add_special_tokens=True, return_attention_mask=False)["input_ids"]
     target_ids = tokenizer(targets, add_special_tokens=True, return_attention_mask=False)["input_ids"]
     flags = []
@@ -717,7 +789,7 @@ class TranslationDataModule(LightningDataModule):
             builder = _builder_for(paths[0])
             if builder is None:
                 return self._load_text_pair(name, paths, streaming)
-            return datasets.load_dataset(builder, data_files={name: paths}, split=name, streaming=streaming)
+            return self._load_structured_files(name, paths, builder, streaming)
         try:
             return datasets.load_dataset(
                 self.dataset, self.dataset_config, split=name, streaming=streaming, revision=self.revision
@@ -730,16 +802,44 @@ class TranslationDataModule(LightningDataModule):
                 f"train_split: 'train[1000:]' and validation_split: 'train[:1000]'"
             ) from error
 
+    def _load_structured_files(
+        self, name: str, paths: list[str], builder: str, streaming: bool
+    ) -> datasets.Dataset | datasets.IterableDataset:
+        """`load_dataset(builder)` of local files; empty, non-UTF-8 or malformed files give a ValueError naming them
+        (instead of a `StopIteration`, `UnicodeDecodeError` or `DatasetGenerationError` without a file name)."""
+        where = f"data_files[{name!r}]"
+        for path in paths:
+            if builder in ("json", "csv"):  # text formats must be UTF-8; parquet and arrow are binary
+                empty = scan_text_file(path, f"{where}: file") == 0
+            else:
+                empty = os.path.getsize(path) == 0
+            if empty:
+                raise ValueError(f"{where}: {path!r} is empty; give a file with one sentence pair per row")
+        try:
+            raw = datasets.load_dataset(builder, data_files={name: paths}, split=name, streaming=streaming)
+        except Exception as error:  # the reader's own error is the cause of `datasets`' DatasetGenerationError
+            cause = error.__cause__ or error
+            raise ValueError(
+                f"{where} = {paths} cannot be read as {builder} ({type(cause).__name__}: {cause}); rows are "
+                f"counted from 0: fix or remove that row"
+            ) from error
+        if isinstance(raw, datasets.Dataset) and len(raw) == 0:
+            raise ValueError(f"{where} = {paths} holds no rows")
+        return raw
+
     def _load_text_pair(
         self, name: str, paths: list[str], streaming: bool
     ) -> datasets.Dataset | datasets.IterableDataset:
         source_path, target_path = paths
-        source_count, target_count = count_lines(source_path), count_lines(target_path)
+        source_count = scan_text_file(source_path, f"data_files[{name!r}]: source file")
+        target_count = scan_text_file(target_path, f"data_files[{name!r}]: target file")
         if source_count != target_count:
             raise ValueError(
                 f"data_files[{name!r}]: the plain-text files are not aligned: {source_path!r} has {source_count} "
                 f"lines but {target_path!r} has {target_count}; they must hold one sentence pair per line"
             )
+        if source_count == 0:
+            raise ValueError(f"data_files[{name!r}]: {source_path!r} and {target_path!r} are empty (0 lines)")
         gen_kwargs = {
             "source_path": source_path,
             "target_path": target_path,
@@ -760,6 +860,10 @@ class TranslationDataModule(LightningDataModule):
         """The raw rows of `split` (slice applied), checked to hold both languages."""
         name, split_slice = parse_split(split)
         raw = self._load_base_split(name, streaming)
+        try:  # before slicing: a row number in an error is the row of the whole split
+            self._check_text_values(raw, split, self._layout(raw, split))
+        except _RowError as error:
+            raise ValueError(f"{self._where(name)}: {error}") from None
         if split_slice is not None:
             if isinstance(raw, datasets.IterableDataset):
                 start, stop = split_slice.start, split_slice.stop
@@ -773,7 +877,6 @@ class TranslationDataModule(LightningDataModule):
                 raw = raw.take(int(stop) - start) if stop is not None else raw
             else:
                 raw = raw.select(_slice_range(split_slice, len(raw)))
-        self._layout(raw, split)
         return raw
 
     def _columns(self, raw: datasets.Dataset | datasets.IterableDataset) -> dict[str, list[str] | None]:
@@ -790,9 +893,47 @@ class TranslationDataModule(LightningDataModule):
                 columns[key] = list(feature.languages)
             elif isinstance(feature, dict):
                 columns[key] = list(feature)
+            elif isinstance(feature, datasets.Json) and isinstance(raw, datasets.Dataset):
+                # Mixed-type JSON (e.g. some rows lack a language): the languages are the keys its dicts use.
+                keys = {lang for value in raw[:1000][key] if isinstance(value, dict) for lang in value}
+                columns[key] = sorted(keys) if keys else None
             else:
                 columns[key] = None
         return columns
+
+    def _check_text_values(self, raw: datasets.Dataset | datasets.IterableDataset, split: str, layout: str) -> None:
+        """Raise a ValueError naming the column (and row) when the language columns do not hold text.
+
+        Columns typed string pass at once; `Json`-typed columns (`datasets` gives mixed-type JSON that type) are
+        read and checked row by row. Streams without declared features are checked as they are tokenized.
+        """
+        features = raw.features
+        if features is None:
+            return
+        column = "translation" if layout == "translation" else None
+        languages = (self.source_lang, self.target_lang)
+        for name in [column] if column else languages:
+            feature = features[name]
+            if isinstance(feature, datasets.Translation):
+                continue
+            if isinstance(feature, dict):
+                bad = {lang: sub for lang, sub in feature.items() if lang in languages and not _is_text_feature(sub)}
+                if not bad:
+                    continue
+                lang, sub = next(iter(bad.items()))
+                feature, name = sub, f"translation.{lang}"
+            elif _is_text_feature(feature):
+                continue
+            if isinstance(feature, datasets.Json) and isinstance(raw, datasets.Dataset):
+                for start in range(0, len(raw), 10000):
+                    batch = raw[start : start + 10000]
+                    rows = len(next(iter(batch.values())))
+                    _texts_of_batch(batch, layout, *languages, indices=range(start, start + rows))
+                continue
+            raise ValueError(
+                f"{self._where(split)}: column {name!r} has type {feature}, not text (a string column): convert it "
+                f"to strings, or set source_lang/target_lang to the columns that hold the sentences"
+            )
 
     def _layout(self, raw: datasets.Dataset | datasets.IterableDataset, split: str) -> str:
         """"flat" (one column per language) or "translation"; a ValueError listing what exists otherwise."""
@@ -869,8 +1010,11 @@ class TranslationDataModule(LightningDataModule):
                 raw = raw.take(cap)
         elif cap is not None and cap < len(raw):
             raw = raw.shuffle(seed=self.seed).select(range(cap))
-        for batch in raw.iter(batch_size=1000):
-            yield from zip(*_texts_of_batch(batch, layout, self.source_lang, self.target_lang))
+        try:
+            for batch in raw.iter(batch_size=1000):
+                yield from zip(*_texts_of_batch(batch, layout, self.source_lang, self.target_lang))
+        except _RowError as error:  # a stream is checked only as it is read
+            raise ValueError(f"{self._where(self.train_split)}: {error}") from None
 
     def _cached_or_trained_tokenizer(self) -> PreTrainedTokenizerFast:
         folder = self.tokenizer_cache_path()
@@ -970,6 +1114,12 @@ class TranslationDataModule(LightningDataModule):
         flags = np.asarray(encoded.with_format("numpy")["flags"], dtype=np.int64)
         self._record_report(role, split, cleaning_counts(flags))
         kept = np.flatnonzero((flags & _DROPPED) == 0)
+        if kept.size == 0:
+            raise ValueError(
+                f"{self._where(split)}: cleaning dropped all {len(flags)} pairs ({self.cleaning_report[role]}): "
+                f"check source_lang/target_lang and the files, or loosen max_source_length/max_target_length/"
+                f"max_length_ratio (overlong: 'truncate' keeps long pairs)"
+            )
         cleaned = encoded if kept.size == len(encoded) else encoded.select(kept)
         self._splits[role] = cleaned
         return cleaned
@@ -982,6 +1132,7 @@ class TranslationDataModule(LightningDataModule):
             raise ValueError("predict needs predict_file: a plain-text file with one source sentence per line")
         if not os.path.isfile(self.predict_file):
             raise FileNotFoundError(f"predict_file {self.predict_file!r} does not exist or is not a file")
+        scan_text_file(self.predict_file, "predict_file")
         lines = read_lines(self.predict_file)
         if not lines:
             raise ValueError(f"predict_file {self.predict_file!r} is empty: it needs one source sentence per line")
@@ -1174,6 +1325,7 @@ __all__ = [
     "REPORT_KEYS",
     "LABEL_PAD_ID",
     "count_lines",
+    "scan_text_file",
     "read_lines",
     "parse_split",
     "encode_pairs",

@@ -5,9 +5,11 @@ Batches come from `TranslationDataModule`: `input_ids`, `attention_mask`, `label
 (example indices, to count each sentence once under DDP) and, for evaluation, `references` / `sources` (raw text).
 """
 
+import logging
 import math
 import random
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import sacrebleu
@@ -20,6 +22,14 @@ from hf_transformer import VaswaniConfig, VaswaniForConditionalGeneration, shift
 from hf_transformer.translation import paper_generation_config
 
 from .schedules import inverse_sqrt_schedule, paper_adam
+
+log = logging.getLogger(__name__)
+
+NONFINITE_POLICIES = ("skip", "stop")
+
+
+class NonFiniteLossError(FloatingPointError):
+    """Training met a non-finite loss or gradient and its `nonfinite_policy` says stop."""
 
 
 def label_smoothed_loss(
@@ -87,6 +97,9 @@ class TranslationModule(LightningModule):
         length_penalty: float = 0.6,
         validation_num_beams: int | None = None,
         predictions_path: str | None = None,
+        nonfinite_policy: str = "skip",
+        max_consecutive_nonfinite: int = 5,
+        compile: bool | None = None,
     ):
         """Args:
             vocab_size ... decoder_start_token_id: from the tokenizer (linked from `data.*` by the CLI).
@@ -97,18 +110,34 @@ class TranslationModule(LightningModule):
             num_beams, length_penalty: test-time decoding (§6.1: beam 4, alpha 0.6; max length = input + 50).
             validation_num_beams: beams for validation BLEU (default: num_beams); fewer is faster.
             predictions_path: where `predict` writes translations (default: <log dir>/predictions.txt).
+            nonfinite_policy: what an optimiser step whose loss or gradients are inf/NaN does (checked before every
+                update, the same decision on every rank): "skip" drops the update (gradients discarded, weights
+                and optimiser state unchanged; the step and the LR schedule still advance), logs a warning with
+                the step and the batch's example ids and counts it in `train/nonfinite_skips`; "stop" raises
+                `NonFiniteLossError` (the last checkpoint on disk predates the bad step).
+            max_consecutive_nonfinite: with "skip", this many skipped steps in a row raise `NonFiniteLossError`
+                (a diverged run, e.g. a learning rate far too high, is not a bad batch).
+            compile: `torch.compile` the model's forward for the training steps (one graph, no breaks; the
+                backward is compiled with it). None = on when training on CUDA, where it pays, off on CPU, where
+                compiling takes longer than it saves on short runs (see benchmarks/README.md).
         """
         super().__init__()
         if not 0.0 <= label_smoothing < 1.0:
             raise ValueError(f"`label_smoothing` must be in [0, 1), got {label_smoothing!r}.")
+        if nonfinite_policy not in NONFINITE_POLICIES:
+            raise ValueError(f"`nonfinite_policy` must be one of {NONFINITE_POLICIES}, got {nonfinite_policy!r}.")
+        if max_consecutive_nonfinite < 1:
+            raise ValueError(f"`max_consecutive_nonfinite` must be >= 1, got {max_consecutive_nonfinite!r}.")
         # Saved hyperparameters describe the model and its training; a checkpoint's override the command line when
         # LightningCLI loads it, so the decoding and output settings stay out of them and can change at test time.
         self.save_hyperparameters(ignore=["optimizer", "lr_scheduler", "num_beams", "length_penalty",
-                                          "validation_num_beams", "predictions_path"])
+                                          "validation_num_beams", "predictions_path", "compile"])
         self.num_beams = num_beams
         self.length_penalty = length_penalty
         self.validation_num_beams = validation_num_beams or num_beams
         self.predictions_path = predictions_path
+        self.compile_model = compile
+        self.compiled_forward: Callable | None = None  # set in on_fit_start; a function, not a registered module
         self.optimizer_factory = optimizer
         self.scheduler_factory = lr_scheduler
         self.model = self.build_model_from_hparams(dict(self.hparams))
@@ -120,6 +149,9 @@ class TranslationModule(LightningModule):
         self.rng_states_to_restore: dict | None = None
         self.step_started: float | None = None
         self.step_tokens: torch.Tensor | float = 0.0
+        self.window_checks: list[tuple[torch.Tensor | None, torch.Tensor]] = []  # (example ids, loss finite) per batch
+        self.nonfinite_skips = 0
+        self.consecutive_nonfinite = 0
 
     @staticmethod
     def model_config_from_hparams(hparams: dict) -> VaswaniConfig:
@@ -180,11 +212,19 @@ class TranslationModule(LightningModule):
     # Training
     # ------------------------------------------------------------------------------------------------------------
 
+    def on_fit_start(self) -> None:
+        """Resolve `compile` now that the model is on its device (auto: CUDA and an unsharded model)."""
+        use = self.compile_model if self.compile_model is not None else (
+            self.device.type == "cuda" and not self.is_sharded())
+        if use and self.compiled_forward is None:
+            self.compiled_forward = torch.compile(self.model.forward)
+
     def forward_loss(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         decoder_input_ids = shift_tokens_right(
             batch["labels"], self.hparams.pad_token_id, self.hparams.decoder_start_token_id
         )
-        logits = self.model(
+        forward = self.compiled_forward if self.training and self.compiled_forward is not None else self.model
+        logits = forward(
             input_ids=batch["input_ids"],
             attention_mask=batch["attention_mask"],
             decoder_input_ids=decoder_input_ids,
@@ -214,7 +254,50 @@ class TranslationModule(LightningModule):
         )
         self.log("lr", self.optimizers().param_groups[0]["lr"], on_step=True, prog_bar=True)
         self.step_tokens = global_tokens  # read in on_train_batch_end, once the step is done
+        # the reduced sums are non-finite on every rank if any rank's loss is: one decision for all ranks, checked
+        # (one host sync) in on_before_optimizer_step, after every micro-batch of the accumulation window
+        self.window_checks.append((batch.get("ids"), torch.isfinite(sums).all()))
         return loss
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """Apply `nonfinite_policy`: runs after the backward of the step's last micro-batch, before the update."""
+        checks, self.window_checks = self.window_checks, []
+        finite_loss = torch.stack([ok for _, ok in checks]).all() if checks else torch.tensor(True)
+        finite = finite_loss
+        if getattr(self.trainer.precision_plugin, "scaler", None) is None:  # a GradScaler handles inf grads itself
+            grads = [p.grad for p in self.parameters() if p.grad is not None]
+            if grads:
+                norm = torch.nn.utils.get_total_norm(grads, error_if_nonfinite=False)
+                norm = norm.full_tensor() if hasattr(norm, "full_tensor") else norm  # FSDP2: shards -> global
+                finite = finite & torch.isfinite(norm).to(finite.device)
+        if self.trainer.world_size > 1:  # every rank must take the same decision (FSDP2 grads are rank-local)
+            finite = self.trainer.strategy.reduce((~finite).float(), reduce_op="sum") == 0
+        if bool(finite):
+            self.consecutive_nonfinite = 0
+            return
+        self.nonfinite_skips += 1
+        self.consecutive_nonfinite += 1
+        bad = [ids for ids, ok in checks if not bool(ok)] or [ids for ids, _ in checks]  # grads only: the window
+        example_ids = sorted({int(i) for ids in bad if ids is not None for i in ids.tolist()})
+        what = "loss" if not bool(finite_loss) else "gradients"
+        where = (f"non-finite {what} at step {self.global_step} (epoch {self.current_epoch}), batch example ids "
+                 f"{example_ids[:32]}{' ...' if len(example_ids) > 32 else ''}")
+        if self.hparams.nonfinite_policy == "stop":
+            raise NonFiniteLossError(
+                f"{where}; nonfinite_policy='stop'. No update was applied and the last checkpoint on disk predates "
+                "this step: resume from it with a lower learning rate (or gradient clipping), or remove those "
+                "examples; nonfinite_policy='skip' drops such steps instead."
+            )
+        if self.consecutive_nonfinite >= self.hparams.max_consecutive_nonfinite:
+            raise NonFiniteLossError(
+                f"{where}: {self.consecutive_nonfinite} consecutive non-finite steps (max_consecutive_nonfinite="
+                f"{self.hparams.max_consecutive_nonfinite}): training diverged (learning rate too high?). The weights "
+                "are those of the last good step; resume from the last checkpoint with a lower learning rate."
+            )
+        optimizer.zero_grad(set_to_none=True)  # the optimiser skips parameters without gradients: no update at all
+        log.warning("Skipped the update of step %d: %s (%d skipped so far; nonfinite_policy='skip').",
+                    self.global_step, where, self.nonfinite_skips)
+        self.log("train/nonfinite_skips", float(self.nonfinite_skips), on_step=True, on_epoch=False)
 
     def on_train_batch_end(self, outputs: dict, batch: dict, batch_idx: int) -> None:
         # target tokens per second of wall time from one batch's end to the next: data loading, forward, backward
