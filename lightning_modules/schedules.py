@@ -2,13 +2,27 @@
 
 from collections.abc import Iterable
 
+import torch
+from torch import nn
 from torch.optim import Adam, Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
 
-def paper_adam(params: Iterable, lr: float = 1.0) -> Adam:
-    """Adam with the paper's betas and epsilon (§5.3). The learning rate is set by `InverseSquareRootLR`."""
-    return Adam(params, lr=lr, betas=(0.9, 0.98), eps=1e-9)
+def paper_adam(params: Iterable, lr: float = 1.0, fused: bool | None = None) -> Adam:
+    """Adam with the paper's betas and epsilon (§5.3). The learning rate is set by `InverseSquareRootLR`.
+
+    fused: torch's fused Adam kernel (one kernel for all parameters instead of a loop of small ones; about 5x faster
+    updates on CPU and fewer launches on CUDA, same result). None = on when every parameter is a plain CPU or CUDA
+    tensor, off for sharded (FSDP2 DTensor) parameters, where torch's default implementation is kept.
+    """
+    params = list(params)
+    if fused is None:
+        tensors = [p for item in params for p in (item["params"] if isinstance(item, dict) else [item])]
+        fused = bool(tensors) and all(
+            type(p) in (torch.Tensor, nn.Parameter) and p.device.type in ("cpu", "cuda") and p.is_floating_point()
+            for p in tensors
+        )
+    return Adam(params, lr=lr, betas=(0.9, 0.98), eps=1e-9, fused=fused or None)
 
 
 class InverseSquareRootLR(LRScheduler):
