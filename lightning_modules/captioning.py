@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import datasets
-import sacrebleu
 import torch
 from filelock import FileLock
 from lightning.pytorch import LightningDataModule, LightningModule
@@ -39,7 +38,7 @@ from hf_transformer.tokenization_vaswani import (
     train_tokenizer,
 )
 
-from .module import gather_objects, label_smoothed_loss
+from .module import corpus_bleu, gather_objects, label_smoothed_loss
 from .schedules import inverse_sqrt_schedule, paper_adam
 from .shapes import write_shapes_dataset
 
@@ -55,10 +54,9 @@ def caption_scores(hypotheses: list[str], references: list[list[str]]) -> dict[s
         return {"bleu": 0.0, "exact_match": 0.0, "signature": None}
     depth = max(len(refs) for refs in references)
     streams = [[refs[k] if k < len(refs) else None for refs in references] for k in range(depth)]
-    metric = sacrebleu.BLEU()
-    bleu = metric.corpus_score(hypotheses, streams).score
+    bleu, signature = corpus_bleu(hypotheses, streams)
     exact = sum(h.strip() in {r.strip() for r in refs} for h, refs in zip(hypotheses, references)) / len(hypotheses)
-    return {"bleu": bleu, "exact_match": exact, "signature": str(metric.get_signature())}
+    return {"bleu": bleu, "exact_match": exact, "signature": signature}
 
 
 # ----------------------------------------------------------------------------------------------------------------

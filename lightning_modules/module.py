@@ -17,6 +17,8 @@ import torch
 import torch.distributed as dist
 from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from sacrebleu.tokenizers.tokenizer_13a import Tokenizer13a
+from sacrebleu.tokenizers.tokenizer_re import TokenizerRegexp
 
 from hf_transformer import VaswaniConfig, VaswaniForConditionalGeneration, shift_tokens_right
 from hf_transformer.translation import paper_generation_config
@@ -44,6 +46,19 @@ def label_smoothed_loss(
     smooth = -lprobs.mean(-1)[keep]  # (N,) cross-entropy against the uniform distribution
     loss = (1.0 - epsilon) * nll + epsilon * smooth
     return loss.sum(), nll.sum(), keep.sum()
+
+
+def corpus_bleu(hypotheses: list[str], reference_streams: list[list[str | None]]) -> tuple[float, str]:
+    """sacreBLEU corpus score and signature. sacreBLEU memoises every line it tokenizes in LRU caches of 65,536
+    entries keyed by the tokenizer object, new for each score: over a long run with frequent validation they filled
+    up and RSS grew by tens of MB (benchmarks/soak.py). Evaluation lines are not scored twice, so they are dropped."""
+    metric = sacrebleu.BLEU()
+    score = metric.corpus_score(hypotheses, reference_streams).score
+    for tokenizer in (Tokenizer13a, TokenizerRegexp):
+        cache_clear = getattr(tokenizer.__call__, "cache_clear", None)  # functools.lru_cache's, if the method has one
+        if cache_clear is not None:
+            cache_clear()
+    return score, str(metric.get_signature())
 
 
 def gathered_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor] | None:
@@ -370,14 +385,12 @@ class TranslationModule(LightningModule):
         if self.trainer.sanity_checking:
             return
         ordered = [outputs[idx] for idx in sorted(outputs)]
-        bleu_metric = sacrebleu.BLEU()
         hypotheses, references = [h for _, h, _ in ordered], [r for _, _, r in ordered]
-        score = bleu_metric.corpus_score(hypotheses, [references]) if ordered else None
-        self.bleu_signature = str(bleu_metric.get_signature())
+        bleu, self.bleu_signature = corpus_bleu(hypotheses, [references]) if ordered else (0.0, None)
         nll = (sums[0] / sums[1].clamp(min=1)).item()
         exact = sum(h.strip() == r.strip() for h, r in zip(hypotheses, references)) / max(len(ordered), 1)
         metrics = {f"{prefix}/loss": nll, f"{prefix}/ppl": math.exp(min(nll, 50.0)),
-                   f"{prefix}/bleu": score.score if score is not None else 0.0,
+                   f"{prefix}/bleu": bleu,
                    f"{prefix}/exact_match": exact, f"{prefix}/sentences": float(len(ordered))}
         self.log_dict(metrics, prog_bar=True, sync_dist=False, rank_zero_only=False)
         if ordered and self.trainer.is_global_zero:

@@ -50,3 +50,19 @@ def test_peak_lr_form_and_bad_arguments():
         InverseSquareRootLR(optimizer, warmup_steps=0)
     assert math.isclose(InverseSquareRootLR(optimizer, d_model=64, warmup_steps=100, scale=2.0).rate(100),
                         2.0 * 64**-0.5 * 100**-0.5)
+
+
+def test_corpus_bleu_scores_and_keeps_no_tokenized_lines():
+    """Validation BLEU over a long run must not accumulate sacreBLEU's per-line tokenizer caches (soak: RSS growth)."""
+    import sacrebleu
+    from sacrebleu.tokenizers.tokenizer_13a import Tokenizer13a
+
+    from lightning_modules.module import corpus_bleu
+
+    hypotheses = [f"a small dog number {i} runs home" for i in range(200)]
+    references = [f"a small dog number {i} runs to its home" for i in range(200)]
+    expected = sacrebleu.BLEU().corpus_score(hypotheses, [references]).score
+    assert Tokenizer13a.__call__.cache_info().currsize > 0  # sacreBLEU alone keeps every line it tokenized
+    score, signature = corpus_bleu(hypotheses, [references])
+    assert score == expected and "tok:13a" in signature
+    assert Tokenizer13a.__call__.cache_info().currsize == 0
