@@ -144,16 +144,20 @@ def build_model_card(
     """README.md text: YAML metadata (library, tags, languages, dataset, BLEU as model-index) and the prose."""
     languages = [lang for lang in (source_lang, target_lang) if lang]
     pair = "-".join(languages) if len(languages) == 2 else None
-    # a decoder-only model (VaswaniForCausalLM) is a text generator, loaded with AutoModelForCausalLM
+    # a decoder-only model (VaswaniForCausalLM) is a text generator, loaded with AutoModelForCausalLM; the captioning
+    # model (VaswaniForImageCaptioning) reads pixel_values and loads with AutoModelForImageTextToText
     seq2seq = getattr(model.config, "is_encoder_decoder", True)
-    auto_class = "AutoModelForSeq2SeqLM" if seq2seq else "AutoModelForCausalLM"
+    captioning = getattr(model, "main_input_name", None) == "pixel_values"
+    task = "image-to-text" if captioning else ("translation" if seq2seq else "text-generation")
+    auto_class = ("AutoModelForImageTextToText" if captioning
+                  else "AutoModelForSeq2SeqLM" if seq2seq else "AutoModelForCausalLM")
     model_name = f"vaswani-transformer-{pair}" if pair else "vaswani-transformer"
     dataset_label = dataset_name or "unknown"
     eval_results = None
     if bleu is not None:
         eval_results = [EvalResult(
-            task_type="translation",
-            task_name=f"Translation {pair}" if pair else "Translation",
+            task_type=task,
+            task_name=f"Translation {pair}" if pair else task.replace("-", " ").capitalize(),
             dataset_type=dataset_label,
             dataset_name=f"{dataset_label} (validation)",
             metric_type="bleu",
@@ -163,8 +167,8 @@ def build_model_card(
         )]
     card_data = ModelCardData(
         library_name="transformers",
-        pipeline_tag="translation" if seq2seq else "text-generation",
-        tags=["translation" if seq2seq else "text-generation", "transformer", "attention-is-all-you-need",
+        pipeline_tag=task,
+        tags=[task, "transformer", "attention-is-all-you-need",
               "seq2seq" if seq2seq else "causal-lm", "vaswani"],
         language=languages or None,
         datasets=[dataset_name] if looks_like_hub_dataset(dataset_name) else None,
@@ -172,7 +176,8 @@ def build_model_card(
         model_name=model_name,
         eval_results=eval_results,
     )
-    direction = f"{source_lang} → {target_lang}" if pair else ("translation" if seq2seq else "language modelling")
+    direction = f"{source_lang} → {target_lang}" if pair else (
+        "image captioning" if captioning else "translation" if seq2seq else "language modelling")
     if bleu is None:
         bleu_line = "- BLEU: not measured for these weights."
     else:
@@ -219,11 +224,13 @@ def build_model_card(
         "## Usage",
         "",
         "```python",
-        f"from transformers import {auto_class}, AutoTokenizer",
+        f"from transformers import {auto_class}, AutoTokenizer" + (", AutoImageProcessor" if captioning else ""),
         "",
         "# with the hf_transformer package installed, `import hf_transformer` instead of trust_remote_code",
         f'model = {auto_class}.from_pretrained("<this folder or repo>", trust_remote_code=True)',
         'tokenizer = AutoTokenizer.from_pretrained("<this folder or repo>")',
+        *(['processor = AutoImageProcessor.from_pretrained("<this folder or repo>", trust_remote_code=True)',
+           "caption_ids = model.generate(**processor(images, return_tensors=\"pt\"))"] if captioning else []),
         "```",
         "",
     ]
