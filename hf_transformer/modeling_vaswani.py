@@ -861,6 +861,18 @@ class VaswaniDecoder(VaswaniStack):
 # ----------------------------------------------------------------------------------------------------------------
 
 
+def as_encoder_output(encoder_outputs: BaseModelOutput | tuple) -> BaseModelOutput:
+    """Precomputed `encoder_outputs` as `generate()` or a caller passes them (a ModelOutput, or the tuple of
+    `return_dict=False`: last hidden state, then hidden states and attentions when asked for)."""
+    if isinstance(encoder_outputs, BaseModelOutput):
+        return encoder_outputs
+    return BaseModelOutput(
+        last_hidden_state=encoder_outputs[0],
+        hidden_states=encoder_outputs[1] if len(encoder_outputs) > 1 else None,
+        attentions=encoder_outputs[2] if len(encoder_outputs) > 2 else None,
+    )
+
+
 class VaswaniModel(VaswaniPreTrainedModel):
     """Encoder-decoder without the output projection; returns the decoder's last hidden states."""
 
@@ -915,12 +927,8 @@ class VaswaniModel(VaswaniPreTrainedModel):
                 output_hidden_states=output_hidden_states,
                 return_dict=True,
             )
-        elif not isinstance(encoder_outputs, BaseModelOutput):
-            encoder_outputs = BaseModelOutput(
-                last_hidden_state=encoder_outputs[0],
-                hidden_states=encoder_outputs[1] if len(encoder_outputs) > 1 else None,
-                attentions=encoder_outputs[2] if len(encoder_outputs) > 2 else None,
-            )
+        else:
+            encoder_outputs = as_encoder_output(encoder_outputs)
         decoder_outputs = self.decoder(
             input_ids=decoder_input_ids,
             attention_mask=decoder_attention_mask,
@@ -1167,12 +1175,8 @@ class VaswaniForImageCaptioning(VaswaniPreTrainedModel, GenerationMixin):
                 output_hidden_states=output_hidden_states,
                 return_dict=True,
             )
-        elif not isinstance(encoder_outputs, BaseModelOutput):
-            encoder_outputs = BaseModelOutput(
-                last_hidden_state=encoder_outputs[0],
-                hidden_states=encoder_outputs[1] if len(encoder_outputs) > 1 else None,
-                attentions=encoder_outputs[2] if len(encoder_outputs) > 2 else None,
-            )
+        else:
+            encoder_outputs = as_encoder_output(encoder_outputs)
         decoder_outputs = self.decoder(
             input_ids=decoder_input_ids,
             attention_mask=decoder_attention_mask,

@@ -38,6 +38,7 @@ from hf_transformer.tokenization_vaswani import (
     train_tokenizer,
 )
 
+from .data import TokenizerLinks
 from .module import corpus_bleu, gather_objects, label_smoothed_loss
 from .schedules import inverse_sqrt_schedule, paper_adam
 from .shapes import write_shapes_dataset
@@ -101,7 +102,7 @@ class CaptionCollator:
                 "references": [e["references"] for e in examples]}
 
 
-class CaptioningDataModule(LightningDataModule):
+class CaptioningDataModule(TokenizerLinks, LightningDataModule):
     """Image-caption pairs from the Hugging Face hub or a local dataset folder.
 
     Args:
@@ -190,26 +191,6 @@ class CaptioningDataModule(LightningDataModule):
             self._tokenizer = (load_tokenizer(self.tokenizer_path) if self.tokenizer_path is not None
                                else self._cached_or_trained_tokenizer())
         return self._tokenizer
-
-    @property
-    def vocab_size(self) -> int:
-        return len(self.tokenizer)
-
-    @property
-    def pad_token_id(self) -> int:
-        return self.tokenizer.pad_token_id
-
-    @property
-    def bos_token_id(self) -> int:
-        return self.tokenizer.bos_token_id
-
-    @property
-    def eos_token_id(self) -> int:
-        return self.tokenizer.eos_token_id
-
-    @property
-    def decoder_start_token_id(self) -> int:
-        return self.tokenizer.bos_token_id
 
     @property
     def dataset_name(self) -> str:

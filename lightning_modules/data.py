@@ -527,7 +527,34 @@ _ROLES_OF_STAGE = {
 }
 
 
-class TranslationDataModule(LightningDataModule):
+class TokenizerLinks:
+    """What the CLI links from a data module into the model (lightning_modules/cli.py): the size of the data module's
+    `tokenizer` and its special ids. The decoder starts from `<s>`."""
+
+    tokenizer: PreTrainedTokenizerFast
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.tokenizer)
+
+    @property
+    def pad_token_id(self) -> int:
+        return self.tokenizer.pad_token_id
+
+    @property
+    def bos_token_id(self) -> int:
+        return self.tokenizer.bos_token_id
+
+    @property
+    def eos_token_id(self) -> int:
+        return self.tokenizer.eos_token_id
+
+    @property
+    def decoder_start_token_id(self) -> int:
+        return self.tokenizer.bos_token_id
+
+
+class TranslationDataModule(TokenizerLinks, LightningDataModule):
     """Parallel corpus -> tokenized, cleaned, token-budget batches for training, evaluation and prediction.
 
     Args:
@@ -705,28 +732,6 @@ class TranslationDataModule(LightningDataModule):
             else:
                 self._tokenizer = self._cached_or_trained_tokenizer()
         return self._tokenizer
-
-    @property
-    def vocab_size(self) -> int:
-        """Number of tokens of the tokenizer (what the model's embedding needs)."""
-        return len(self.tokenizer)
-
-    @property
-    def pad_token_id(self) -> int:
-        return self.tokenizer.pad_token_id
-
-    @property
-    def bos_token_id(self) -> int:
-        return self.tokenizer.bos_token_id
-
-    @property
-    def eos_token_id(self) -> int:
-        return self.tokenizer.eos_token_id
-
-    @property
-    def decoder_start_token_id(self) -> int:
-        """The decoder starts from `<s>`."""
-        return self.tokenizer.bos_token_id
 
     @property
     def dataset_name(self) -> str:

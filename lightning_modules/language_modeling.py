@@ -45,7 +45,7 @@ from hf_transformer.tokenization_vaswani import (
     train_tokenizer,
 )
 
-from .data import LABEL_PAD_ID, parse_split
+from .data import LABEL_PAD_ID, TokenizerLinks, parse_split
 from .module import TranslationModule, label_smoothed_loss
 from .sampler import EvalBatchSampler, TokenBudgetBatchSampler
 from .schedules import inverse_sqrt_schedule, paper_adam
@@ -132,7 +132,7 @@ class LanguageModelingCollator:
         }
 
 
-class LanguageModelingDataModule(LightningDataModule):
+class LanguageModelingDataModule(TokenizerLinks, LightningDataModule):
     """Monolingual text -> tokenized sequences for a decoder-only language model.
 
     Args:
@@ -267,26 +267,6 @@ class LanguageModelingDataModule(LightningDataModule):
             self._tokenizer = (load_tokenizer(self.tokenizer_path) if self.tokenizer_path is not None
                                else self.cached_or_trained_tokenizer())
         return self._tokenizer
-
-    @property
-    def vocab_size(self) -> int:
-        return len(self.tokenizer)
-
-    @property
-    def pad_token_id(self) -> int:
-        return self.tokenizer.pad_token_id
-
-    @property
-    def bos_token_id(self) -> int:
-        return self.tokenizer.bos_token_id
-
-    @property
-    def eos_token_id(self) -> int:
-        return self.tokenizer.eos_token_id
-
-    @property
-    def decoder_start_token_id(self) -> int:
-        return self.tokenizer.bos_token_id
 
     @property
     def dataset_name(self) -> str:
