@@ -13,14 +13,12 @@ import hashlib
 import json
 import logging
 import os
-import shutil
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import datasets
 import torch
-from filelock import FileLock
 from lightning.pytorch import LightningDataModule, LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch.utils.data import DataLoader, Dataset
@@ -38,7 +36,7 @@ from hf_transformer.tokenization_vaswani import (
     train_tokenizer,
 )
 
-from .data import TokenizerLinks
+from .data import TokenizerLinks, cached_tokenizer
 from .module import corpus_bleu, gather_objects, label_smoothed_loss
 from .schedules import inverse_sqrt_schedule, paper_adam
 from .shapes import write_shapes_dataset
@@ -233,18 +231,13 @@ class CaptioningDataModule(TokenizerLinks, LightningDataModule):
         return Path(self.cache_dir) / "tokenizers" / f"captions-{name}-{key}"
 
     def _cached_or_trained_tokenizer(self) -> PreTrainedTokenizerFast:
-        folder = self.tokenizer_cache_path()
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        with FileLock(str(folder) + ".lock"):
-            if not (folder / "tokenizer.json").is_file():
-                texts = [c for captions in self.captions("train") for c in captions]
-                logger.info("training a %d-token BPE tokenizer on %d training captions", self.requested_vocab_size,
-                            len(texts))
-                partial = folder.with_name(f"{folder.name}.partial-{os.getpid()}")
-                shutil.rmtree(partial, ignore_errors=True)
-                train_tokenizer(texts, vocab_size=self.requested_vocab_size).save_pretrained(str(partial))
-                os.replace(partial, folder)
-        return load_tokenizer(folder)
+        def train() -> PreTrainedTokenizerFast:
+            texts = [c for captions in self.captions("train") for c in captions]
+            logger.info("training a %d-token BPE tokenizer on %d training captions", self.requested_vocab_size,
+                        len(texts))
+            return train_tokenizer(texts, vocab_size=self.requested_vocab_size)
+
+        return cached_tokenizer(self.tokenizer_cache_path(), train)
 
     def examples(self, role: str) -> CaptionExamples:
         if role not in self._examples:

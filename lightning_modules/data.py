@@ -527,6 +527,25 @@ _ROLES_OF_STAGE = {
 }
 
 
+def cached_tokenizer(folder: Path, train: Callable[[], PreTrainedTokenizerFast]) -> PreTrainedTokenizerFast:
+    """The tokenizer saved in `folder`, or `train()`'s result saved there first. A file lock makes processes started
+    together (DDP ranks) train once; the folder appears whole (saved aside, then renamed) or not at all."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(folder) + ".lock"):
+        if (folder / "tokenizer.json").is_file():
+            logger.info("loading the cached tokenizer from %s", folder)
+        else:
+            start = time.perf_counter()
+            tokenizer = train()
+            partial = folder.with_name(f"{folder.name}.partial-{os.getpid()}")
+            shutil.rmtree(partial, ignore_errors=True)
+            tokenizer.save_pretrained(str(partial))
+            os.replace(partial, folder)
+            logger.info("trained the tokenizer (%d tokens) in %.1f s, saved to %s", len(tokenizer),
+                        time.perf_counter() - start, folder)
+        return load_tokenizer(folder)
+
+
 class TokenizerLinks:
     """What the CLI links from a data module into the model (lightning_modules/cli.py): the size of the data module's
     `tokenizer` and its special ids. The decoder starts from `<s>`."""
@@ -1022,30 +1041,15 @@ class TranslationDataModule(TokenizerLinks, LightningDataModule):
             raise ValueError(f"{self._where(self.train_split)}: {error}") from None
 
     def _cached_or_trained_tokenizer(self) -> PreTrainedTokenizerFast:
-        folder = self.tokenizer_cache_path()
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        # The lock makes concurrent processes (DDP ranks started together) train once and load the result.
-        with FileLock(str(folder) + ".lock"):
-            if (folder / "tokenizer.json").is_file():
-                logger.info("loading the cached tokenizer from %s", folder)
-                return load_tokenizer(folder)
+        def train() -> PreTrainedTokenizerFast:
             logger.info(
                 "training a %d-token joint BPE tokenizer on %s (%s -> %s)",
                 self.requested_vocab_size, self._where(self.train_split), self.source_lang, self.target_lang,
             )
-            start = time.perf_counter()
-            tokenizer = train_tokenizer(
-                iter_parallel_texts(self._tokenizer_training_pairs()), vocab_size=self.requested_vocab_size
-            )
-            partial = folder.with_name(f"{folder.name}.partial-{os.getpid()}")
-            shutil.rmtree(partial, ignore_errors=True)
-            tokenizer.save_pretrained(str(partial))
-            os.replace(partial, folder)
-            logger.info(
-                "trained the tokenizer (%d tokens) in %.1f s, saved to %s",
-                len(tokenizer), time.perf_counter() - start, folder,
-            )
-            return load_tokenizer(folder)
+            pairs = iter_parallel_texts(self._tokenizer_training_pairs())
+            return train_tokenizer(pairs, vocab_size=self.requested_vocab_size)
+
+        return cached_tokenizer(self.tokenizer_cache_path(), train)
 
     # ------------------------------------------------------------------------------------------------------------
     # Tokenized splits

@@ -24,15 +24,12 @@ import json
 import logging
 import math
 import os
-import shutil
-import time
 from pathlib import Path
 from typing import Any
 
 import datasets
 import numpy as np
 import torch
-from filelock import FileLock
 from lightning.pytorch import LightningDataModule, LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch.utils.data import DataLoader, Dataset
@@ -45,7 +42,7 @@ from hf_transformer.tokenization_vaswani import (
     train_tokenizer,
 )
 
-from .data import LABEL_PAD_ID, TokenizerLinks, parse_split
+from .data import LABEL_PAD_ID, TokenizerLinks, cached_tokenizer, parse_split
 from .module import TranslationModule, label_smoothed_loss
 from .sampler import EvalBatchSampler, TokenBudgetBatchSampler
 from .schedules import inverse_sqrt_schedule, paper_adam
@@ -370,29 +367,19 @@ class LanguageModelingDataModule(TokenizerLinks, LightningDataModule):
         return Path(self.cache_dir) / "tokenizers" / f"{self.short_name()}-lm-{key}"
 
     def cached_or_trained_tokenizer(self) -> PreTrainedTokenizerFast:
-        folder = self.tokenizer_cache_path()
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        with FileLock(str(folder) + ".lock"):  # DDP ranks started together train once
-            if (folder / "tokenizer.json").is_file():
-                return load_tokenizer(folder)
+        def train() -> PreTrainedTokenizerFast:
             raw = self.load_raw_split(self.train_split)
             cap = self.tokenizer_training_texts
             if cap is not None and cap < len(raw):
                 raw = raw.shuffle(seed=self.seed).select(range(cap))
             column = self.text_column_of(self.train_split)
-            start = time.perf_counter()
             texts = (text for batch in raw.iter(batch_size=1000) for text in batch[column] if isinstance(text, str))
             try:
-                tokenizer = train_tokenizer(texts, vocab_size=self.requested_vocab_size)
+                return train_tokenizer(texts, vocab_size=self.requested_vocab_size)
             except ValueError as error:
                 raise ValueError(f"{self.where(self.train_split)}, column {column!r}: {error}") from None
-            partial = folder.with_name(f"{folder.name}.partial-{os.getpid()}")
-            shutil.rmtree(partial, ignore_errors=True)
-            tokenizer.save_pretrained(str(partial))
-            os.replace(partial, folder)
-            logger.info("trained a %d-token BPE tokenizer in %.1f s, saved to %s", len(tokenizer),
-                        time.perf_counter() - start, folder)
-            return load_tokenizer(folder)
+
+        return cached_tokenizer(self.tokenizer_cache_path(), train)
 
     # ------------------------------------------------------------------------------------------------------------
     # Tokenized splits
