@@ -5,6 +5,8 @@ Field names follow Marian/BART in `transformers` so that tooling written for the
 This file imports only `transformers`: it is copied next to the weights for `trust_remote_code`.
 """
 
+import copy
+
 from transformers import GenerationConfig, PreTrainedConfig
 from transformers.utils import logging
 
@@ -19,6 +21,10 @@ BASE_CONFIG_KEYS = frozenset({
 })
 
 POSITION_EMBEDDING_TYPES = ("sinusoidal", "learned", "relative")
+# The most positions a config may ask for (2^20). Sinusoids are computed for the positions used and cost nothing up
+# front, but a learned table is max_position_embeddings x d_model parameters, and no attention here spans a million
+# tokens: a larger value is a typo (or a hostile config.json) that must fail by name, not in the allocator.
+MAX_POSITION_EMBEDDINGS = 1 << 20
 ATTENTION_TYPES = ("full", "local")
 ACTIVATION_FUNCTIONS = ("relu", "gelu", "gelu_new", "silu", "swish", "tanh")
 
@@ -46,7 +52,9 @@ class VaswaniConfig(PreTrainedConfig):
         attention_dropout: dropout on the attention probabilities (not in the paper; tensor2tensor uses it).
         activation_dropout: dropout after the FFN activation (not in the paper).
         activation_function: FFN non-linearity; the paper's is "relu" (§3.3).
-        max_position_embeddings: longest sequence the positional table covers (source and target).
+        max_position_embeddings: longest sequence (source or target) the absolute positions cover, at most 2^20;
+            sinusoids are computed for the positions used, "learned" keeps a table of this many rows. `generate()`
+            stops there.
         scale_embedding: multiply token embeddings by sqrt(d_model) (§3.4).
         position_embedding_type: "sinusoidal" (§3.5), "learned" (Table 3, row E) or "relative": no absolute
             positions; every self-attention adds q_i . e_clip(j - i) to its logits (Shaw et al. 2018, computed
@@ -72,7 +80,7 @@ class VaswaniConfig(PreTrainedConfig):
     """
 
     model_type = "vaswani"
-    keys_to_ignore_at_inference = ["past_key_values"]
+    keys_to_ignore_at_inference = ["cache", "past_key_values"]  # the cache's name from transformers 5.24 on, and before
     attribute_map = {
         "hidden_size": "d_model",
         "num_attention_heads": "encoder_attention_heads",
@@ -152,6 +160,16 @@ class VaswaniConfig(PreTrainedConfig):
         )
         return cls(vocab_size=vocab_size, **{**sizes, **overrides})
 
+    def decoder_only(self) -> "VaswaniConfig":
+        """A copy for the decoder-only [`VaswaniForCausalLM`]: the decoder's settings, `is_encoder_decoder=False`
+        (as `MarianForCausalLM` takes the decoder of a Marian config). This config is left unchanged."""
+        config = copy.deepcopy(self)
+        config.is_encoder_decoder = False
+        config.encoder_layers = config.decoder_layers
+        config.encoder_attention_heads = config.decoder_attention_heads
+        config.encoder_ffn_dim = config.decoder_ffn_dim
+        return config
+
     def check(self) -> None:
         """Raise a ValueError naming the first invalid field, its value and what is allowed."""
         for name in ("vocab_size", "d_model", "encoder_layers", "decoder_layers", "encoder_attention_heads",
@@ -160,6 +178,12 @@ class VaswaniConfig(PreTrainedConfig):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"`{name}` must be a positive integer, got {value!r}.")
+        if self.max_position_embeddings > MAX_POSITION_EMBEDDINGS:
+            raise ValueError(
+                f"`max_position_embeddings` must be at most {MAX_POSITION_EMBEDDINGS} (2^20), got "
+                f"{self.max_position_embeddings!r}. Longer sequences need no table at all: use "
+                "position_embedding_type='relative' (and attention_type='local' to keep the cost linear)."
+            )
         for name in ("encoder_attention_heads", "decoder_attention_heads"):
             heads = getattr(self, name)
             if self.d_model % heads != 0:

@@ -120,7 +120,7 @@ def test_the_encoder_reads_patches_in_row_major_order_with_positions():
     hidden = model.get_encoder()(pixels, output_hidden_states=True).hidden_states[0]  # embeddings: (1, 16, 32)
     weight = model.encoder.patch_embedding.weight.reshape(32, -1)  # (D, C * P * P)
     patch = pixels[0, :, 4:8, 8:12].reshape(-1)  # grid row 1, column 2: patch number 1 * 4 + 2 = 6
-    expected = weight @ patch + model.encoder.patch_embedding.bias + model.encoder.embed_positions.weight[6]
+    expected = weight @ patch + model.encoder.patch_embedding.bias + model.encoder.embed_positions(torch.tensor(6))
     torch.testing.assert_close(hidden[0, 6], expected, rtol=1e-5, atol=1e-5)
     assert model.get_encoder().main_input_name == "pixel_values"
 

@@ -8,6 +8,8 @@ import torch
 from model_utils import reverse_task_batch, source_batch, tiny_model, train_reverse_model
 from transformers import EncoderDecoderCache, GenerationConfig
 
+from hf_transformer.modeling_vaswani import CACHE_FIELD
+
 STRATEGIES = {
     "greedy": dict(num_beams=1, do_sample=False),
     "beam": dict(num_beams=4, length_penalty=0.6, do_sample=False),
@@ -64,8 +66,8 @@ def test_cache_matches_a_full_forward_step_by_step():
         cache, steps = None, []
         for t in range(7):
             out = model(encoder_outputs=encoder_outputs, attention_mask=attention_mask,
-                        decoder_input_ids=target[:, t : t + 1], past_key_values=cache, use_cache=True)
-            cache = out.past_key_values
+                        decoder_input_ids=target[:, t : t + 1], cache=cache, use_cache=True)
+            cache = getattr(out, CACHE_FIELD)
             steps.append(out.logits)
     assert isinstance(cache, EncoderDecoderCache) and cache.get_seq_length() == 7
     assert all(cache.is_updated.values())  # cross-attention keys/values were computed once and reused
@@ -82,7 +84,7 @@ def test_chunked_prefill_over_a_cache_matches_full_forward():
         first = model(input_ids=input_ids, attention_mask=attention_mask, decoder_input_ids=target[:, :4],
                       use_cache=True)
         second = model(input_ids=input_ids, attention_mask=attention_mask, decoder_input_ids=target[:, 4:],
-                       past_key_values=first.past_key_values, use_cache=True)
+                       cache=getattr(first, CACHE_FIELD), use_cache=True)
     torch.testing.assert_close(torch.cat([first.logits, second.logits], dim=1), full, atol=1e-5, rtol=0)
 
 

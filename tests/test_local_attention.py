@@ -11,7 +11,8 @@ from variant_utils import (
     varied_seq2seq,
 )
 
-from hf_transformer.modeling_vaswani import VaswaniAttention, local_windows, padding_mask
+from hf_transformer.attention_vaswani import VaswaniAttention, local_windows, padding_mask
+from hf_transformer.modeling_vaswani import CACHE_FIELD
 
 LOCAL_VARIANTS = ["local", "relative+local"]
 
@@ -20,8 +21,8 @@ def twin_layers(variant: str, causal: bool):
     """The same attention weights as a local layer and as a full one (eager, float64)."""
     torch.manual_seed(0)
     overrides = {**VARIANTS[variant], "attn_implementation": "eager"}
-    local = VaswaniAttention(tiny_config(**overrides), 4, False, 0, causal=causal).double().eval()
-    full = VaswaniAttention(tiny_config(**{**overrides, "attention_type": "full"}), 4, False, 0, causal=causal)
+    local = VaswaniAttention(tiny_config(**overrides), 4, layer_idx=0, is_causal=causal).double().eval()
+    full = VaswaniAttention(tiny_config(**{**overrides, "attention_type": "full"}), 4, layer_idx=0, is_causal=causal)
     full.double().eval().load_state_dict(local.state_dict())
     if local.relative_position_embedding is not None:
         torch.nn.init.normal_(local.relative_position_embedding.weight)
@@ -63,8 +64,8 @@ def test_cached_chunks_equal_one_pass(variant):
         expected = model(input_ids=ids).logits
         past, start, chunks = None, 0, []
         for size in (1, 3, 5, 1, 1, 6):
-            out = model(input_ids=ids[:, start : start + size], past_key_values=past, use_cache=True)
-            past, start = out.past_key_values, start + size
+            out = model(input_ids=ids[:, start : start + size], cache=past, use_cache=True)
+            past, start = getattr(out, CACHE_FIELD), start + size
             chunks.append(out.logits)
     torch.testing.assert_close(torch.cat(chunks, 1), expected, atol=1e-5, rtol=0)
 

@@ -12,7 +12,7 @@ from variant_utils import (
 )
 
 from hf_transformer import VaswaniConfig, VaswaniForConditionalGeneration
-from hf_transformer.modeling_vaswani import VaswaniAttention, VaswaniRelativePositionEmbedding, causal_mask, skew
+from hf_transformer.attention_vaswani import VaswaniAttention, VaswaniRelativePositionEmbedding, causal_mask, skew
 
 RELATIVE = VARIANTS["relative"]
 
@@ -60,7 +60,7 @@ def test_relative_attention_layer_is_the_formula_of_the_music_transformer(causal
     """softmax((Q K^T + S_rel) / sqrt(Dh)) V with S_rel gathered naively, against the layer (eager, float64)."""
     torch.manual_seed(0)
     config = tiny_config(**RELATIVE, attn_implementation="eager")
-    layer = VaswaniAttention(config, 4, False, 0, causal=causal).double().eval()
+    layer = VaswaniAttention(config, 4, layer_idx=0, is_causal=causal).double().eval()
     torch.nn.init.normal_(layer.relative_position_embedding.weight)
     hidden = torch.randn(2, 11, 32, dtype=torch.float64)
     mask = causal_mask(11, 0, None, torch.float64, hidden.device) if causal else None
