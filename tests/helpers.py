@@ -65,8 +65,9 @@ def hub_env(endpoint: str, hf_home: Path | str, token: str | None = None, **extr
 
 
 def run_python(code: str, env: dict[str, str], timeout: float = 120.0, *, check: bool = True,
-               cwd: Path | str | None = None) -> subprocess.CompletedProcess:
-    """Run ``code`` (dedented) in a fresh ``python -c`` with exactly ``env``.
+               cwd: Path | str | None = None, python: str | None = None) -> subprocess.CompletedProcess:
+    """Run ``code`` (dedented) in a fresh ``python -c`` with exactly ``env`` (``python``: another interpreter than
+    this one, e.g. of an environment with another transformers release).
 
     ``check=True`` (default) fails the test, showing stdout and stderr, on a non-zero exit; a
     timeout always fails the test with whatever output there was. To hand structured results
@@ -76,7 +77,7 @@ def run_python(code: str, env: dict[str, str], timeout: float = 120.0, *, check:
     code = textwrap.dedent(code)
     try:
         proc = subprocess.run(
-            [sys.executable, "-c", code], env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout,
+            [python or sys.executable, "-c", code], env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout,
             stdin=subprocess.DEVNULL,
         )
     except subprocess.TimeoutExpired as err:
