@@ -16,6 +16,7 @@ D = d_model, H heads, Dh = D / H, V vocabulary.
 
 import dataclasses
 import math
+import warnings
 from collections.abc import Callable
 from typing import Unpack
 
@@ -258,6 +259,27 @@ class VaswaniPreTrainedModel(PreTrainedModel):
         elif isinstance(module, VaswaniRelativePositionEmbedding):  # N(0, Dh^-0.5), as tensor2tensor's E_r
             init.normal_(module.weight, mean=0.0, std=module.weight.shape[-1] ** -0.5)
 
+    def resolve_cache(self, cache: Cache | None, past_key_values: Cache | None) -> Cache | None:
+        """The cache a forward received, under either name (see CACHE_FIELD). Where the installed release has
+        renamed it, the old name is deprecated and says so, as in the library's own models; before, it is the name
+        generate() passes and stays silent."""
+        if past_key_values is None:
+            return cache
+        if cache is not None:
+            raise ValueError("Pass the cache once: as `cache` (or, before transformers 5.24, `past_key_values`).")
+        if CACHE_FIELD == "cache":
+            warnings.warn("`past_key_values` is deprecated since transformers 5.24: pass the cache as `cache`.",
+                          FutureWarning, stacklevel=3)
+        return past_key_values
+
+    def output_flags(self, output_attentions: bool | None, output_hidden_states: bool | None) -> tuple[bool, bool]:
+        """What to record: the values passed, else the config's (as the library's output recorder reads them)."""
+        if output_attentions is None:
+            output_attentions = self.config.output_attentions
+        if output_hidden_states is None:
+            output_hidden_states = self.config.output_hidden_states
+        return bool(output_attentions), output_hidden_states
+
     def get_expanded_tied_weights_keys(self, all_submodels: bool = False) -> dict:
         """The encoder and decoder always share one embedding matrix (§3.4); `tie_word_embeddings` only decides
         whether the output projection is tied to it too. (The library's default drops every tie when
@@ -467,7 +489,7 @@ class VaswaniDecoder(VaswaniStack):
         """input_ids: (B, T) tokens following the P cached ones; attention_mask: (B, P + T), 1 = token; position_ids:
         (B, T) absolute positions (left-padded batches), default P..P+T-1; cache (`past_key_values` before
         transformers 5.24): the KV cache, created here when `use_cache` and none is given. Returns (B, T, D)."""
-        cache = cache if cache is not None else past_key_values
+        cache = self.resolve_cache(cache, past_key_values)
         use_cache = self.config.use_cache if use_cache is None else use_cache
         output_attentions = self.config.output_attentions if output_attentions is None else output_attentions
         encoder_decoder = self.config.is_encoder_decoder
@@ -593,6 +615,7 @@ class VaswaniModel(VaswaniPreTrainedModel):
     ) -> Seq2SeqModelOutput:
         """input_ids: (B, S) source; decoder_input_ids: (B, T) shifted target; cache (`past_key_values` before
         transformers 5.24). Returns the decoder states (B, T, D)."""
+        output_attentions, output_hidden_states = self.output_flags(output_attentions, output_hidden_states)
         if encoder_outputs is None:
             encoder_outputs = self.encoder(
                 input_ids=input_ids,
@@ -609,7 +632,7 @@ class VaswaniModel(VaswaniPreTrainedModel):
             attention_mask=decoder_attention_mask,
             encoder_hidden_states=encoder_outputs.last_hidden_state,
             encoder_attention_mask=attention_mask,
-            cache=cache if cache is not None else past_key_values,
+            cache=self.resolve_cache(cache, past_key_values),
             inputs_embeds=decoder_inputs_embeds,
             use_cache=use_cache,
             output_attentions=output_attentions,
@@ -675,6 +698,7 @@ class VaswaniForConditionalGeneration(VaswaniPreTrainedModel, VaswaniGenerationM
     ) -> Seq2SeqLMOutput:
         """labels: (B, T) target ids ending with </s>, -100 where no loss is taken; shifted right into the decoder
         inputs when `decoder_input_ids` is not given. Returns logits (B, T, V) and the mean token cross-entropy."""
+        output_attentions, output_hidden_states = self.output_flags(output_attentions, output_hidden_states)
         if labels is not None:
             use_cache = False
             if decoder_input_ids is None and decoder_inputs_embeds is None:
@@ -685,7 +709,7 @@ class VaswaniForConditionalGeneration(VaswaniPreTrainedModel, VaswaniGenerationM
             decoder_input_ids=decoder_input_ids,
             decoder_attention_mask=decoder_attention_mask,
             encoder_outputs=encoder_outputs,
-            cache=cache if cache is not None else past_key_values,
+            cache=self.resolve_cache(cache, past_key_values),
             inputs_embeds=inputs_embeds,
             decoder_inputs_embeds=decoder_inputs_embeds,
             use_cache=use_cache,
@@ -818,6 +842,7 @@ class VaswaniForImageCaptioning(VaswaniPreTrainedModel, VaswaniGenerationMixin):
     ) -> Seq2SeqLMOutput:
         """pixel_values: (B, C, H, W); labels: (B, T) caption ids ending with </s>, -100 where no loss is taken
         (shifted right into the decoder inputs when `decoder_input_ids` is not given). Returns logits (B, T, V)."""
+        output_attentions, output_hidden_states = self.output_flags(output_attentions, output_hidden_states)
         if labels is not None:
             use_cache = False
             if decoder_input_ids is None and decoder_inputs_embeds is None:
@@ -838,7 +863,7 @@ class VaswaniForImageCaptioning(VaswaniPreTrainedModel, VaswaniGenerationMixin):
             attention_mask=decoder_attention_mask,
             encoder_hidden_states=encoder_outputs.last_hidden_state,
             encoder_attention_mask=None,  # every patch is real: nothing to mask in cross-attention
-            cache=cache if cache is not None else past_key_values,
+            cache=self.resolve_cache(cache, past_key_values),
             inputs_embeds=decoder_inputs_embeds,
             use_cache=use_cache,
             output_attentions=output_attentions,
@@ -921,10 +946,11 @@ class VaswaniForCausalLM(VaswaniPreTrainedModel, VaswaniGenerationMixin):
         training). logits_to_keep: compute the output layer for the last n positions only (0 = all), or for the
         positions a 1-D index tensor names. `kwargs` go to the loss (`num_items_in_batch`). Returns logits and the
         mean next-token cross-entropy."""
+        output_attentions, output_hidden_states = self.output_flags(output_attentions, output_hidden_states)
         outputs = self.model(
             input_ids=input_ids,
             attention_mask=attention_mask,
-            cache=cache if cache is not None else past_key_values,
+            cache=self.resolve_cache(cache, past_key_values),
             inputs_embeds=inputs_embeds,
             position_ids=position_ids,
             use_cache=use_cache if labels is None and shift_labels is None else False,
