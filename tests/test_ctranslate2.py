@@ -158,6 +158,13 @@ def test_unsupported_configuration_is_refused_by_name(make, field, tmp_path, cap
     assert not (tmp_path / "ct2").exists()
 
 
+def test_activation_without_a_ctranslate2_equivalent_is_refused():
+    config = tiny_config()
+    config.activation_function = "quick_gelu"  # not one of ours today; a later one CTranslate2 lacks is refused
+    with pytest.raises(ValueError, match="`activation_function`='quick_gelu': CTranslate2 has an equivalent of"):
+        check_convertible(config)
+
+
 def test_generation_settings_without_an_exact_equivalent_are_refused():
     assert ctranslate2_options(GenerationConfig(num_beams=4, length_penalty=0.6, early_stopping=True, max_length=20)) \
         == dict(beam_size=4, patience=1, num_hypotheses=1, length_penalty=0.6, max_decoding_length=19,
