@@ -3,6 +3,7 @@
 
     from hf_transformer import translate
     translate(["Ein Hund rennt."], model, tokenizer)              # paper decoding: beam 4, alpha 0.6
+    translate(["Ein Hund rennt."], "ct2_model", None, backend="ctranslate2", compute_type="int8")  # CTranslate2
 
     from transformers import pipeline
     translator = pipeline("vaswani-translation", model=model, tokenizer=tokenizer)

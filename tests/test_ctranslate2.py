@@ -4,11 +4,14 @@ cannot be imported. The models are tiny and trained for a few seconds on the rev
 that they end their outputs with </s> at varied lengths and beam search often disagrees with greedy search."""
 
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
 from data_utils import multi30k_lines
-from helpers import json_result, run_python
+from helpers import REPO_ROOT, json_result, run_python
 from model_utils import reverse_task_batch, tiny_config, tiny_model, train_reverse_model
 from transformers import GenerationConfig
 
@@ -227,3 +230,22 @@ def test_command_writes_a_folder_that_translates_without_torch(tokenizer, tmp_pa
     """
     env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": "", "OMP_NUM_THREADS": "1", "HOME": str(tmp_path)}
     assert json_result(run_python(code, env, cwd=tmp_path)) == expected
+
+
+def test_exactness_benchmark_runs_and_explains(tmp_path):
+    """benchmarks/ctranslate2_exactness.py end to end on a few test2016 sentences (a tiny model and tokenizer)."""
+    tokenizer = train_tokenizer(multi30k_lines("train.de.gz", 500) + multi30k_lines("train.en.gz", 500),
+                                vocab_size=400)
+    model = train_reverse_model(100, seed=3, vocab_size=len(tokenizer), max_position_embeddings=128)
+    model.save_pretrained(tmp_path / "model")
+    tokenizer.save_pretrained(tmp_path / "model")
+    script = REPO_ROOT / "benchmarks" / "ctranslate2_exactness.py"
+    proc = subprocess.run([sys.executable, str(script), "--model", str(tmp_path / "model"), "--limit", "12",
+                           "--output", str(tmp_path / "result.json")], capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads((tmp_path / "result.json").read_text())
+    assert result["sentences"] == 12 and result["results"]["pytorch float32"]["identical_to_pytorch"] == 12
+    identical = result["results"]["ctranslate2 float32"]["identical_to_pytorch"]
+    assert identical + len(result["differences_float32"]) == 12 and result["unexplained_differences_float32"] == 0
+    assert "ctranslate2 int8" in result["results"] and "identical to ours" in proc.stdout
