@@ -395,7 +395,9 @@ class CTranslate2Model:
         self.generation_config = GenerationConfig.from_pretrained(str(self.path))
         self.tokens: list[str] = json.loads((self.path / VOCABULARY_FILE).read_text(encoding="utf-8"))
         self.token_ids = {token: index for index, token in enumerate(self.tokens)}
-        supported = ctranslate2.get_supported_compute_types(device if device != "auto" else "cpu")
+        if device == "auto":
+            device = "cuda" if ctranslate2.get_cuda_device_count() > 0 else "cpu"
+        supported = ctranslate2.get_supported_compute_types(device)
         if compute_type not in ("default", "auto") and compute_type not in supported:
             raise ValueError(
                 f"`compute_type`={compute_type!r} is not supported on {device!r} by this CTranslate2 build; "
