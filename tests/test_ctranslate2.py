@@ -97,7 +97,7 @@ def test_supported_configuration_decodes_identically(name, tokenizer, tmp_path):
 
 def test_translate_backend_ctranslate2_matches_pytorch(tokenizer, tmp_path):
     """Text in, text out through translate(): batches of equal length, blank texts, the §6.1 limit (this random
-    model never emits </s>, so every output runs to input length + 50), a folder path and its own tokenizer."""
+    model's outputs mostly run to input length + 50 tokens), a folder path and its own tokenizer."""
     torch.set_num_threads(1)
     model = tiny_model(seed=2, vocab_size=len(tokenizer), max_position_embeddings=128, tie_word_embeddings=False)
     with torch.no_grad():
