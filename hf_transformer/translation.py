@@ -3,6 +3,7 @@
 
     from hf_transformer import translate
     translate(["Ein Hund rennt."], model, tokenizer)              # paper decoding: beam 4, alpha 0.6
+    translate(["Ein Hund rennt."], "ct2_model", None, backend="ctranslate2", compute_type="int8")  # CTranslate2
 
     from transformers import pipeline
     translator = pipeline("vaswani-translation", model=model, tokenizer=tokenizer)
@@ -12,6 +13,9 @@ Both decode as in §6.1: the model's generation config (beam 4, length penalty 0
 input length + 50 tokens.
 """
 
+import os
+from typing import Any
+
 import torch
 from transformers import GenerationConfig, Pipeline, PreTrainedModel, PreTrainedTokenizerBase
 from transformers.pipelines import PIPELINE_REGISTRY
@@ -20,6 +24,7 @@ from .modeling_vaswani import VaswaniForConditionalGeneration
 
 TASK = "vaswani-translation"
 EXTRA_OUTPUT_TOKENS = 50  # §6.1: maximum output length = input length + 50
+BACKENDS = ("pytorch", "ctranslate2")
 
 
 def paper_generation_config(
@@ -83,12 +88,14 @@ def check_source_lengths(lengths: list[int], max_length: int, truncation: bool) 
 @torch.no_grad()
 def translate(
     texts: str | list[str],
-    model: PreTrainedModel,
-    tokenizer: PreTrainedTokenizerBase,
+    model: PreTrainedModel | str | os.PathLike,
+    tokenizer: PreTrainedTokenizerBase | None,
     batch_size: int = 32,
     num_beams: int | None = None,
     length_penalty: float | None = None,
     truncation: bool = False,
+    backend: str = "pytorch",
+    compute_type: str = "default",
 ) -> str | list[str]:
     """Translate one text or a list of texts; returns the same shape.
 
@@ -96,14 +103,52 @@ def translate(
     config (§6.1 by default: beam 4, alpha 0.6, at most input length + 50 tokens) and returned in the input order.
     Empty or blank texts translate to "" without running the model. `truncation=False` makes inputs longer than
     the model's positions an error instead of a silent cut.
+
+    backend: "pytorch" (`model.generate()`) or "ctranslate2": the same batches, limits and beam search run by
+    CTranslate2 (`pip install hf-transformer[ctranslate2]`), token for token the same in float32. `model` is then our
+    model (converted on the fly, each call), a folder written by `hf-transformer-ctranslate2` (`tokenizer` may be
+    None: the folder's is used) or a loaded `hf_transformer.ctranslate2.CTranslate2Model`. compute_type: the
+    CTranslate2 compute type ("default" keeps the stored weight type; "int8", "float32", "int8_float16", ...).
     """
     single = isinstance(texts, str)
     texts = [texts] if single else list(texts)
     check_texts(texts)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"`batch_size` must be a positive integer, got {batch_size!r}.")
+    if backend not in BACKENDS:
+        raise ValueError(f"`backend` must be one of {list(BACKENDS)}, got {backend!r}.")
+    if backend == "pytorch" and compute_type != "default":
+        raise ValueError(f"`compute_type`={compute_type!r} is a CTranslate2 setting: pass backend='ctranslate2'.")
     if not texts:
         return []
+    if backend == "ctranslate2":
+        from .ctranslate2 import ctranslate2_options, load_ctranslate2  # imports ctranslate2 only when used
+
+        engine, tokenizer = load_ctranslate2(model, tokenizer, compute_type)
+        ctranslate2_options(paper_generation_config(engine, 1, num_beams, length_penalty))  # refuse before any work
+        return translate_with(texts, single, engine, tokenizer, batch_size, num_beams, length_penalty, truncation)
+    if tokenizer is None:
+        raise ValueError("Pass the model's `tokenizer`.")
+    model_was_training = model.training
+    model.eval()
+    try:
+        return translate_with(texts, single, model, tokenizer, batch_size, num_beams, length_penalty, truncation)
+    finally:
+        model.train(model_was_training)
+
+
+def translate_with(
+    texts: list[str],
+    single: bool,
+    model: PreTrainedModel | Any,
+    tokenizer: PreTrainedTokenizerBase,
+    batch_size: int,
+    num_beams: int | None,
+    length_penalty: float | None,
+    truncation: bool,
+) -> str | list[str]:
+    """translate() once the backend is chosen: `model` is our model or a `CTranslate2Model` (both have `.config`,
+    `.generation_config` and a `generate`)."""
     max_source = model.config.max_position_embeddings
     encoded = tokenizer(texts, add_special_tokens=True, truncation=False)["input_ids"]
     check_token_ids(encoded, model.config.vocab_size)
@@ -116,21 +161,20 @@ def translate(
         if text.strip():
             by_length.setdefault(min(len(encoded[index]), max_source), []).append(index)
     results = [""] * len(texts)
-    model_was_training = model.training
-    model.eval()
-    try:
-        for length, indices in sorted(by_length.items()):
-            config = paper_generation_config(model, length, num_beams, length_penalty)
-            for start in range(0, len(indices), batch_size):
-                chunk = indices[start : start + batch_size]
-                input_ids = torch.tensor([encoded[i][:max_source] for i in chunk], device=model.device)  # (b, length)
+    for length, indices in sorted(by_length.items()):
+        config = paper_generation_config(model, length, num_beams, length_penalty)
+        for start in range(0, len(indices), batch_size):
+            chunk = indices[start : start + batch_size]
+            sources = [encoded[i][:max_source] for i in chunk]
+            if isinstance(model, PreTrainedModel):
+                input_ids = torch.tensor(sources, device=model.device)  # (b, length)
                 output = model.generate(
                     input_ids=input_ids, attention_mask=torch.ones_like(input_ids), generation_config=config
                 )
-                for i, translation in zip(chunk, tokenizer.batch_decode(output, skip_special_tokens=True)):
-                    results[i] = translation
-    finally:
-        model.train(model_was_training)
+            else:
+                output = model.generate(sources, config)  # CTranslate2: lists of ids in and out
+            for i, translation in zip(chunk, tokenizer.batch_decode(output, skip_special_tokens=True)):
+                results[i] = translation
     return results[0] if single else results
 
 
