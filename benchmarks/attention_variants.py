@@ -10,25 +10,22 @@ Peak bytes are measured by intercepting every tensor created during the call (a 
 the live total until each storage is freed. Sizes too large for this machine are reported analytically (marked
 "analytic"): the naive gather is 4 H L^2 Dh bytes; full attention holds the H L^2 logits and weights.
 
-    python benchmarks/attention_variants.py            # the full tables (a few minutes on 2 cores)
-    python benchmarks/attention_variants.py --quick    # small sizes, seconds
+    python -m benchmarks.attention_variants            # the full tables (a few minutes on 2 cores)
+    python -m benchmarks.attention_variants --quick    # small sizes, seconds
 """
 
 import argparse
 import json
-import sys
 import time
 import weakref
 from pathlib import Path
 
-sys.path[:0] = [str(Path(__file__).resolve().parents[1])]  # the repository
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
 
-import torch  # noqa: E402
-from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
-from torch.utils._pytree import tree_flatten  # noqa: E402
-
-from hf_transformer import VaswaniConfig  # noqa: E402
-from hf_transformer.modeling_vaswani import VaswaniAttention, VaswaniRelativePositionEmbedding  # noqa: E402
+from hf_transformer import VaswaniConfig
+from hf_transformer.modeling_vaswani import VaswaniAttention, VaswaniRelativePositionEmbedding
 
 RESULTS = Path(__file__).parent / "results" / "attention_variants.json"
 D_MODEL, HEADS = 512, 8

@@ -8,22 +8,17 @@ The weights are random (nothing is trained here): such a model never emits </s>,
 `max_new_tokens`, set per batch to the source length (about a translation's length). This is the worst case for
 throughput and the same work for both models.
 
-    python benchmarks/decode.py                       # small and base, beam 4 and greedy
-    python benchmarks/decode.py --sizes base --quick
-    python benchmarks/decode.py --device cpu --tiny --dtype bf16    # every GPU code path, on CPU
+    python -m benchmarks.decode                       # small and base, beam 4 and greedy
+    python -m benchmarks.decode --sizes base --quick
+    python -m benchmarks.decode --device cpu --tiny --dtype bf16    # every GPU code path, on CPU
 """
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
+import torch
+from transformers import GenerationConfig
 
-sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1])]  # common, the repo
-
-import torch  # noqa: E402
-from transformers import GenerationConfig  # noqa: E402
-
-import common  # noqa: E402
+from benchmarks import common
 
 STRATEGIES = {
     "beam4": dict(num_beams=4, length_penalty=0.6, early_stopping=True),

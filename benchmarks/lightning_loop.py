@@ -7,29 +7,26 @@ backward and the same Adam on the very batches the fit trained on, in a plain lo
 overhead. Both are measured in steady state (the first steps of each fit are warm-up and not timed), in alternating
 repetitions; medians are reported. Ours only: Marian has no Lightning module here.
 
-    python benchmarks/lightning_loop.py                     # small model, CPU or CUDA
-    python benchmarks/lightning_loop.py --size base --quick
-    python benchmarks/lightning_loop.py --device cpu --tiny --dtype bf16 --compile    # the GPU code paths, on CPU
+    python -m benchmarks.lightning_loop                     # small model, CPU or CUDA
+    python -m benchmarks.lightning_loop --size base --quick
+    python -m benchmarks.lightning_loop --device cpu --tiny --dtype bf16 --compile    # the GPU code paths, on CPU
 """
 
 from __future__ import annotations
 
 import logging
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1])]  # common, the repo
+import torch
+from lightning.pytorch import Callback, Trainer
+from lightning.pytorch.loggers import CSVLogger
 
-import torch  # noqa: E402
-from lightning.pytorch import Callback, Trainer  # noqa: E402
-from lightning.pytorch.loggers import CSVLogger  # noqa: E402
-
-import common  # noqa: E402
-from lightning_modules.data import TranslationDataModule  # noqa: E402
-from lightning_modules.module import TranslationModule  # noqa: E402
-from lightning_modules.schedules import paper_adam  # noqa: E402
+from benchmarks import common
+from lightning_modules.data import TranslationDataModule
+from lightning_modules.schedules import paper_adam
+from lightning_modules.tasks import TranslationModule
 
 
 class StepClock(Callback):
@@ -75,14 +72,9 @@ def main() -> None:
         source_lang="de", target_lang="en", vocab_size=8000, max_tokens=budget, cache_dir=args.cache_dir,
         seed=args.seed,
     )
-    s = common.SIZES[size]
     torch.manual_seed(args.seed)
-    module = TranslationModule(
-        vocab_size=data.vocab_size, pad_token_id=data.pad_token_id, bos_token_id=data.bos_token_id,
-        eos_token_id=data.eos_token_id, decoder_start_token_id=data.decoder_start_token_id,
-        d_model=s["d_model"], encoder_layers=s["layers"], decoder_layers=s["layers"], attention_heads=s["heads"],
-        ffn_dim=s["ffn"], dropout=common.DROPOUT[size], max_position_embeddings=256, compile=args.compile or None,
-    )
+    module = TranslationModule(model_config={**common.size_fields(size), "max_position_embeddings": 256},
+                               tokenizer_fields=data.tokenizer_fields, compile=args.compile or None)
     precision = "bf16-mixed" if dtype is not None else "32-true"
     log_dir = tempfile.mkdtemp(prefix="lightning_loop_")
 

@@ -5,24 +5,21 @@ Reported per model size and data kind: target tokens/s, the time ratio ours / Ma
 repetitions), peak memory of one step and MFU (model FLOPs/s over the matmul peak this script measures: bf16 on a
 GPU, float32 on CPU).
 
-    python benchmarks/train_step.py                     # small, base, big on Multi30k and WMT-like batches
-    python benchmarks/train_step.py --sizes base --quick
-    python benchmarks/train_step.py --device cpu --tiny --dtype bf16 --compile   # every GPU code path, on CPU
-    python benchmarks/train_step.py --profile --sizes base   # torch.profiler tables of one step of each model
+    python -m benchmarks.train_step                     # small, base, big on Multi30k and WMT-like batches
+    python -m benchmarks.train_step --sizes base --quick
+    python -m benchmarks.train_step --device cpu --tiny --dtype bf16 --compile   # every GPU code path, on CPU
+    python -m benchmarks.train_step --profile --sizes base   # torch.profiler tables of one step of each model
 """
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
-sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1])]  # common, the repo
+import torch
 
-import torch  # noqa: E402
-
-import common  # noqa: E402
-from lightning_modules.module import label_smoothed_loss  # noqa: E402
-from lightning_modules.schedules import paper_adam  # noqa: E402
+from benchmarks import common
+from lightning_modules.schedules import paper_adam
+from lightning_modules.tasks.metrics import label_smoothed_loss
 
 # Token budget per batch (per side). CPU budgets keep the default run within a few minutes on 2 cores.
 MAX_TOKENS = {
