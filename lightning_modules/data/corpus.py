@@ -129,6 +129,17 @@ def check_int(name: str, value: object, minimum: int, optional: bool = False) ->
         raise ValueError(f"{name} must be {allowed}, got {value!r}")
 
 
+def check_batching(budget_name: str, budget: int | None, size_name: str, size: int | None, longest: int,
+                   longest_name: str) -> None:
+    """Exactly one of a token budget and a number of examples per batch; a budget that holds the longest example."""
+    if (budget is None) == (size is None):
+        raise ValueError(f"give exactly one of {budget_name} and {size_name}, got {budget_name}={budget!r} and "
+                         f"{size_name}={size!r} (set the other to null)")
+    if budget is not None and budget < longest:
+        raise ValueError(f"{budget_name}={budget} is smaller than the longest allowed example ({longest_name} = "
+                         f"{longest}): raise {budget_name} or lower the length limits")
+
+
 def check_data_files(data_files: dict[str, str | list[str]], example: str) -> dict[str, list[str]]:
     """`{split: [paths]}`: every file exists, one format per split. `example` shows a valid value in errors."""
     if not isinstance(data_files, dict) or not data_files:

@@ -30,6 +30,7 @@ from .corpus import (
     CACHE_FORMAT_VERSION,
     LABEL_PAD_ID,
     CorpusDataModule,
+    check_batching,
     check_int,
     digest,
     parse_split,
@@ -159,11 +160,7 @@ class LanguageModelingDataModule(CorpusDataModule):
             ("tokenizer_training_texts", tokenizer_training_texts, 1, True), ("num_proc", num_proc, 1, False),
         ):
             check_int(name, value, minimum, optional)
-        if (batch_size is None) == (max_tokens is None):
-            raise ValueError(f"give exactly one of batch_size and max_tokens, got batch_size={batch_size!r} and "
-                             f"max_tokens={max_tokens!r} (set the other to null)")
-        if max_tokens is not None and max_tokens < sequence_length:
-            raise ValueError(f"max_tokens={max_tokens} is smaller than sequence_length={sequence_length}: raise it")
+        check_batching("max_tokens", max_tokens, "batch_size", batch_size, sequence_length, "sequence_length")
         self.text_column = text_column
         self.packing = packing
         self.sequence_length = sequence_length
@@ -264,7 +261,8 @@ class LanguageModelingDataModule(CorpusDataModule):
         cut = self.sequence_length
         return encoded.add_column("id", list(range(len(encoded)))).select(np.flatnonzero(lengths > 0)).map(
             lambda row: {"input_ids": row["input_ids"][:cut], "length": min(row["length"], cut)},
-            cache_file_name=f"{cache}{cut}.arrow", new_fingerprint=f"{key}-{cut}", desc=f"cutting {role} to {cut} tokens",
+            cache_file_name=f"{cache}{cut}.arrow", new_fingerprint=f"{key}-{cut}",
+            desc=f"cutting {role} to {cut} tokens",
         )
 
     def lengths_of(self, examples: Dataset | datasets.Dataset) -> np.ndarray:
@@ -274,7 +272,7 @@ class LanguageModelingDataModule(CorpusDataModule):
 
     def prepare_role(self, role: str) -> None:
         if role == "predict":
-            raise ValueError("stage 'predict' is not supported by LanguageModelingDataModule: use fit, validate or test")
+            raise ValueError("LanguageModelingDataModule has no predict stage: use fit, validate or test")
         self.tokenized_split(role)
 
     def train_dataloader(self) -> DataLoader:

@@ -60,7 +60,8 @@ class StreamingTokenBudgetBatches(IterableDataset):
         self.epoch = epoch
 
     def batches_of_buffer(self, buffer: list[dict[str, Any]], worker_id: int, index: int) -> Iterator[dict[str, Any]]:
-        buffer_seed = int(np.random.SeedSequence([self.seed, self.epoch, self.rank, worker_id, index]).generate_state(1)[0])
+        entropy = [self.seed, self.epoch, self.rank, worker_id, index]  # the buffer's order: a function of these
+        buffer_seed = int(np.random.SeedSequence(entropy).generate_state(1)[0])
         lengths = [(row["source_length"], row["target_length"]) for row in buffer]
         sampler = TokenBudgetBatchSampler(lengths, max_tokens=self.max_tokens, batch_size=self.batch_size,
                                           shuffle=True, seed=buffer_seed)

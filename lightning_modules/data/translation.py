@@ -37,6 +37,7 @@ from .corpus import (
     LABEL_PAD_ID,
     STRUCTURED_BUILDERS,
     CorpusDataModule,
+    check_batching,
     check_int,
     digest,
     file_stamp,
@@ -219,6 +220,25 @@ class TranslationCollator:
 # ----------------------------------------------------------------------------------------------------------------
 
 
+def check_languages(source_lang: str, target_lang: str) -> None:
+    for name, value in (("source_lang", source_lang), ("target_lang", target_lang)):
+        if not isinstance(value, str) or not value:
+            raise ValueError(f"{name} must be a non-empty str (a language code), got {value!r}")
+    if source_lang == target_lang:
+        raise ValueError(f"source_lang and target_lang must differ, both are {source_lang!r}")
+
+
+def check_text_pairs(data_files: dict[str, list[str]]) -> None:
+    """Plain-text data comes as [source_file, target_file] pairs."""
+    for name, files in data_files.items():
+        if structured_builder(files[0]) is None and len(files) != 2:
+            raise ValueError(
+                f"data_files[{name!r}] = {files}: plain-text data must be a pair [source_file, target_file] of "
+                f"aligned files; structured files must end in one of {sorted(STRUCTURED_BUILDERS)} (optionally "
+                f"compressed)"
+            )
+
+
 class TranslationDataModule(CorpusDataModule):
     """Parallel corpus -> tokenized, cleaned, token-budget batches for training, evaluation and prediction.
 
@@ -293,22 +313,12 @@ class TranslationDataModule(CorpusDataModule):
         seed: int = 0,
         streaming_buffer_size: int = 50000,
     ) -> None:
-        for name, value in (("source_lang", source_lang), ("target_lang", target_lang)):
-            if not isinstance(value, str) or not value:
-                raise ValueError(f"{name} must be a non-empty str (a language code), got {value!r}")
-        if source_lang == target_lang:
-            raise ValueError(f"source_lang and target_lang must differ, both are {source_lang!r}")
+        check_languages(source_lang, target_lang)
         self.source_lang, self.target_lang = source_lang, target_lang
         super().__init__(dataset, dataset_config, revision, data_files,
                          {"train": train_split, "validation": validation_split, "test": test_split},
                          tokenizer_path, vocab_size, cache_dir, num_workers, seed)
-        for name, files in (self.data_files or {}).items():
-            if structured_builder(files[0]) is None and len(files) != 2:
-                raise ValueError(
-                    f"data_files[{name!r}] = {files}: plain-text data must be a pair [source_file, target_file] of "
-                    f"aligned files; structured files must end in one of {sorted(STRUCTURED_BUILDERS)} (optionally "
-                    f"compressed)"
-                )
+        check_text_pairs(self.data_files or {})
         if overlong not in ("drop", "truncate"):
             raise ValueError(f"overlong must be 'drop' or 'truncate', got {overlong!r}")
         for name, value, minimum, optional in (
@@ -316,36 +326,19 @@ class TranslationDataModule(CorpusDataModule):
             ("num_proc", num_proc, 1, False), ("streaming_buffer_size", streaming_buffer_size, 1, False),
             ("tokenizer_training_pairs", tokenizer_training_pairs, 1, True), ("max_tokens", max_tokens, 1, True),
             ("batch_size", batch_size, 1, True), ("eval_max_tokens", eval_max_tokens, 1, True),
-            ("eval_batch_size", eval_batch_size, 1, True),
-        ):
+            ("eval_batch_size", eval_batch_size, 1, True)):
             check_int(name, value, minimum, optional)
         if isinstance(max_length_ratio, bool) or not isinstance(max_length_ratio, (int, float)) or max_length_ratio < 1:
             raise ValueError(f"max_length_ratio must be a number >= 1, got {max_length_ratio!r}")
-        longest = max(max_source_length, max_target_length)
-        for budget_name, budget, size_name, size in (("max_tokens", max_tokens, "batch_size", batch_size),
-                                                     ("eval_max_tokens", eval_max_tokens, "eval_batch_size",
-                                                      eval_batch_size)):
-            if (budget is None) == (size is None):
-                raise ValueError(f"give exactly one of {budget_name} and {size_name}, got {budget_name}={budget!r} "
-                                 f"and {size_name}={size!r} (set the other to null)")
-            if budget is not None and budget < longest:
-                raise ValueError(
-                    f"{budget_name}={budget} is smaller than the longest allowed example (max(max_source_length, "
-                    f"max_target_length) = {longest}): raise {budget_name} or lower the length limits"
-                )
-        self.streaming = streaming
-        self.tokenizer_training_pairs = tokenizer_training_pairs
-        self.max_source_length = max_source_length
-        self.max_target_length = max_target_length
-        self.max_length_ratio = float(max_length_ratio)
-        self.overlong = overlong
-        self.max_tokens = max_tokens
-        self.batch_size = batch_size
-        self.eval_max_tokens = eval_max_tokens
-        self.eval_batch_size = eval_batch_size
-        self.predict_file = predict_file
-        self.num_proc = num_proc
-        self.streaming_buffer_size = streaming_buffer_size
+        longest = max(max_source_length, max_target_length), "max(max_source_length, max_target_length)"
+        check_batching("max_tokens", max_tokens, "batch_size", batch_size, *longest)
+        check_batching("eval_max_tokens", eval_max_tokens, "eval_batch_size", eval_batch_size, *longest)
+        self.streaming, self.streaming_buffer_size, self.num_proc = streaming, streaming_buffer_size, num_proc
+        self.tokenizer_training_pairs, self.predict_file = tokenizer_training_pairs, predict_file
+        self.max_source_length, self.max_target_length = max_source_length, max_target_length
+        self.max_length_ratio, self.overlong = float(max_length_ratio), overlong
+        self.max_tokens, self.batch_size = max_tokens, batch_size
+        self.eval_max_tokens, self.eval_batch_size = eval_max_tokens, eval_batch_size
         #: Per split name: counts of `REPORT_KEYS` ("predict" too); filled as splits are prepared.
         self.cleaning_report: dict[str, dict[str, int]] = {}
         #: Fraction of pad tokens in this epoch's training batches (source and target), set by `train_dataloader`.

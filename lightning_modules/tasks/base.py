@@ -56,7 +56,7 @@ def read_model_config(model_config: dict[str, Any] | str | None) -> dict[str, An
     if isinstance(model_config, (str, os.PathLike)):
         path = Path(model_config) / "config.json" if Path(model_config).is_dir() else Path(model_config)
         if not path.is_file():
-            raise FileNotFoundError(f"model_config {str(model_config)!r} is neither a config.json nor a folder with one")
+            raise FileNotFoundError(f"model_config {str(model_config)!r} is not a config.json nor a folder with one")
         fields = json.loads(path.read_text(encoding="utf-8"))
         if fields.get("model_type", VaswaniConfig.model_type) != VaswaniConfig.model_type:
             raise ValueError(f"model_config {str(path)!r} is the config of a {fields['model_type']!r} model, not of a "
@@ -275,6 +275,14 @@ class TaskModule(LightningModule):
         if self.trainer.is_global_zero:
             for line in self.describe(prefix, metrics, ordered):
                 self.print(line)
+
+    def set_decoding(self, num_beams: int, length_penalty: float, validation_num_beams: int | None) -> None:
+        """Beam search for evaluation (§6.1); `num_beams` and `length_penalty` are also what the exported folder's
+        `generate()` uses. Validation may use fewer beams (default: as many)."""
+        self.num_beams, self.length_penalty = num_beams, length_penalty
+        self.validation_num_beams = validation_num_beams or num_beams
+        self.model.generation_config.num_beams = num_beams
+        self.model.generation_config.length_penalty = length_penalty
 
     def generate_text(self, inputs: dict[str, torch.Tensor], **settings: Any) -> list[str]:
         """`model.generate(**inputs, **settings)`, decoded with the data module's tokenizer."""

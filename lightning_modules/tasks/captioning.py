@@ -71,11 +71,7 @@ class CaptioningModule(TaskModule):
         max_caption_length: int = 48,
     ) -> None:
         super().__init__(model_config, tokenizer_fields, label_smoothing, optimizer, lr_scheduler, compile)
-        self.num_beams = num_beams
-        self.length_penalty = length_penalty
-        self.validation_num_beams = validation_num_beams or num_beams
-        self.model.generation_config.num_beams = num_beams  # what the exported folder's generate() uses
-        self.model.generation_config.length_penalty = length_penalty
+        self.set_decoding(num_beams, length_penalty, validation_num_beams)
         self.model.generation_config.max_length = max_caption_length + 1  # <s> + caption
         self.bleu_signature: str | None = None
 

@@ -47,12 +47,8 @@ class TranslationModule(TaskModule):
         predictions_path: str | None = None,
     ) -> None:
         super().__init__(model_config, tokenizer_fields, label_smoothing, optimizer, lr_scheduler, compile)
-        self.num_beams = num_beams
-        self.length_penalty = length_penalty
-        self.validation_num_beams = validation_num_beams or num_beams
+        self.set_decoding(num_beams, length_penalty, validation_num_beams)
         self.predictions_path = predictions_path
-        self.model.generation_config.num_beams = num_beams  # what the exported folder's generate() uses
-        self.model.generation_config.length_penalty = length_penalty
         self.bleu_signature: str | None = None
 
     def forward_loss(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
