@@ -129,7 +129,7 @@ def test_a_poisoned_batch_is_skipped_reported_and_training_goes_on(tmp_path, cap
 def test_stop_policy_raises_with_the_step_and_ids_and_keeps_the_last_checkpoint(tmp_path):
     module = tiny_module()
     with pytest.raises(NonFiniteLossError, match=r"non-finite loss at step 4 .*ids \[400, 401, 402, 403\].*'stop'"):
-        fit(tmp_path, module, batches=8, callbacks=[Poison({402}), NonFiniteLossGuard(policy="stop")],
+        fit(tmp_path, module, batches=8, callbacks=[Poison({402}), NonFiniteLossGuard(nonfinite_policy="stop")],
             checkpoint_every=2)
     checkpoints = sorted((tmp_path / "ckpt").glob("*.ckpt"))
     assert [p.name for p in checkpoints] == ["step=2.ckpt", "step=4.ckpt"]  # saved after steps 2 and 4 completed
@@ -139,7 +139,7 @@ def test_stop_policy_raises_with_the_step_and_ids_and_keeps_the_last_checkpoint(
 
 
 def test_an_absurd_learning_rate_stops_after_consecutive_skips_with_finite_weights(tmp_path, caplog):
-    module, guard = tiny_module(lr=1e30, optimizer="sgd"), NonFiniteLossGuard(max_consecutive=3)
+    module, guard = tiny_module(lr=1e30, optimizer="sgd"), NonFiniteLossGuard(max_consecutive_nonfinite=3)
     with caplog.at_level(logging.WARNING, logger="lightning_modules.callbacks.nonfinite"), \
             pytest.raises(NonFiniteLossError, match=r"3 consecutive non-finite steps.*learning rate"):
         fit(tmp_path, module, batches=10, callbacks=[guard])
@@ -175,9 +175,9 @@ def test_non_finite_gradients_with_a_finite_loss_are_skipped(tmp_path, caplog):
 
 def test_bad_policy_values_are_refused():
     with pytest.raises(ValueError, match=r"`nonfinite_policy` must be one of \('skip', 'stop'\), got 'ignore'"):
-        NonFiniteLossGuard(policy="ignore")
+        NonFiniteLossGuard(nonfinite_policy="ignore")
     with pytest.raises(ValueError, match="max_consecutive_nonfinite"):
-        NonFiniteLossGuard(max_consecutive=0)
+        NonFiniteLossGuard(max_consecutive_nonfinite=0)
 
 
 DDP_RUN = """

@@ -3,9 +3,10 @@
 Checked before every update (after the backward of the accumulation window's last micro-batch), the same decision on
 every rank. Policy "skip" drops the update (gradients discarded, weights and optimiser state unchanged; the step and
 the LR schedule still advance), logs a warning with the step and the batch's example ids and counts it in
-`train/nonfinite_skips`; `max_consecutive` skipped steps in a row raise `NonFiniteLossError` (a diverged run, e.g. a
-learning rate far too high, is not a bad batch). Policy "stop" raises `NonFiniteLossError` at once (the last
-checkpoint on disk predates the bad step). Every task module trains with a "skip" guard unless the trainer has one.
+`train/nonfinite_skips`; `max_consecutive_nonfinite` skipped steps in a row raise `NonFiniteLossError` (a diverged
+run, e.g. a learning rate far too high, is not a bad batch). Policy "stop" raises `NonFiniteLossError` at once (the
+last checkpoint on disk predates the bad step). Every task module trains with a "skip" guard unless the trainer has
+its own.
 """
 
 from __future__ import annotations
@@ -29,17 +30,17 @@ class NonFiniteLossGuard(Callback):
     """Skips (or stops at) optimiser steps with a non-finite loss or gradients; see the module docstring.
 
     Args:
-        policy: "skip" or "stop".
-        max_consecutive: with "skip", this many skipped steps in a row raise `NonFiniteLossError`.
+        nonfinite_policy: "skip" or "stop".
+        max_consecutive_nonfinite: with "skip", this many skipped steps in a row raise `NonFiniteLossError`.
     """
 
-    def __init__(self, policy: str = "skip", max_consecutive: int = 5) -> None:
-        if policy not in NONFINITE_POLICIES:
-            raise ValueError(f"`nonfinite_policy` must be one of {NONFINITE_POLICIES}, got {policy!r}.")
-        if max_consecutive < 1:
-            raise ValueError(f"`max_consecutive_nonfinite` must be >= 1, got {max_consecutive!r}.")
-        self.policy = policy
-        self.max_consecutive = max_consecutive
+    def __init__(self, nonfinite_policy: str = "skip", max_consecutive_nonfinite: int = 5) -> None:
+        if nonfinite_policy not in NONFINITE_POLICIES:
+            raise ValueError(f"`nonfinite_policy` must be one of {NONFINITE_POLICIES}, got {nonfinite_policy!r}.")
+        if max_consecutive_nonfinite < 1:
+            raise ValueError(f"`max_consecutive_nonfinite` must be >= 1, got {max_consecutive_nonfinite!r}.")
+        self.policy = nonfinite_policy
+        self.max_consecutive = max_consecutive_nonfinite
         self.skips = 0
         self.consecutive = 0
         self.batch_ids: torch.Tensor | None = None
