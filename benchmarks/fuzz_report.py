@@ -1,4 +1,4 @@
-"""Bad-input fuzzing, longer than the tests: the strategies and oracles of tests/fuzz_cases.py, more examples.
+"""Bad-input fuzzing, longer than the tests: the strategies and oracles of benchmarks/fuzz_cases.py, more examples.
 
     python -m benchmarks.fuzz_report [--corpora-per-cell 6] [--translate-calls 40] [--generate-calls 100] \\
         [--output benchmarks/results/fuzz_report.json]
