@@ -1,4 +1,5 @@
-"""Bad-input fuzzing shared by benchmarks/fuzz_report.py, tests/test_fuzz_data.py and tests/test_fuzz_generation.py.
+"""Bad-input fuzzing shared by benchmarks/fuzz_report.py, tests/lightning_modules/test_fuzz_data.py and
+tests/test_fuzz_generation.py.
 
 Each generated case is checked against an oracle that states, from the documented rules alone, what must happen:
 either the input is handled (every planted row counted in the cleaning report under the right key, every kept row's

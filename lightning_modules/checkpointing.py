@@ -24,8 +24,9 @@ The task modules avoid them: they keep only numbers, strings, bools and dicts of
 and scheduler callables are excluded with `save_hyperparameters(ignore=...)`), store RNG states as tensors and lists of
 ints, and the model's configuration (`MODEL_KEY`, what checkpoint averaging rebuilds the model from) as a JSON dict.
 
-Every load of this repository is `weights_only=True` (tests/test_safe_loading.py scans the source for it): this
-plugin, `average.py` (through `load_checkpoint_file`), and the HF folders, which hold safetensors only. What cannot be:
+Every load of this repository is `weights_only=True` (tests/lightning_modules/test_safe_loading.py scans the source
+for it): this plugin, checkpoint averaging (through `load_checkpoint_file`), and the HF folders, which hold safetensors
+only. What cannot be:
 - `ModelParallelStrategy`'s sharded checkpoint folder: the strategy loads it itself, not through this plugin, and
   `torch.distributed.checkpoint` reads its `.metadata` file with plain `pickle.load` (torch 2.13,
   distributed/checkpoint/filesystem.py). Only resume sharded checkpoints that you wrote yourself.

@@ -3,8 +3,8 @@ atomic checkpoint plugin, with real `Trainer.fit` runs of a tiny stand-in module
 
 The stand-ins follow the interface of `TranslationModule` / `TranslationDataModule` that the callbacks rely on:
 `module.model` (the HF model), `module.bleu_signature`, logged `val/bleu`, the model's class and configuration in
-every checkpoint (`describe_model`), and `datamodule.tokenizer` / `dataset_name` / `source_lang` / `target_lang`. Hub runs happen in a subprocess (see
-helpers.py): they import this file to get the stand-ins.
+every checkpoint (`describe_model`), and `datamodule.tokenizer` / `dataset_name` / `source_lang` / `target_lang`.
+Hub runs happen in a subprocess (see helpers.py): they import this file to get the stand-ins.
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ from functools import partial
 import lightning.pytorch as L
 import pytest
 import torch
-from helpers import REPO_ROOT, TESTS_DIR
+from helpers import LIGHTNING_TESTS_DIR, REPO_ROOT, TESTS_DIR
 from lightning.pytorch.callbacks import ModelCheckpoint
 from torch.utils.data import DataLoader
 
@@ -202,7 +202,7 @@ print("RANK-RESULT " + json.dumps({"rank": trainer.global_rank, "skips": guard.s
 def test_under_ddp_every_rank_skips_when_one_rank_is_poisoned(tmp_path):
     import json
 
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS_DIR), str(REPO_ROOT)])}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(LIGHTNING_TESTS_DIR), str(TESTS_DIR), str(REPO_ROOT)])}
     script = tmp_path / "ddp_run.py"  # a file: Lightning's DDP launcher re-runs sys.argv for rank 1
     script.write_text(textwrap.dedent(DDP_RUN))
     proc = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True, text=True,

@@ -1,10 +1,9 @@
 """Every recipe instantiates through the CLI: data module, model (with the tokenizer's ids linked in), trainer,
 callbacks and loggers. Hub datasets are not touched: a local tokenizer stands in for the one each recipe would train."""
 
-from pathlib import Path
-
 import pytest
 import yaml
+from helpers import REPO_ROOT
 
 from hf_transformer import train_tokenizer
 from lightning_modules.callbacks import HFExportCallback
@@ -12,7 +11,7 @@ from lightning_modules.cli import build_cli
 from lightning_modules.data import CaptioningDataModule, LanguageModelingDataModule, TranslationDataModule
 from lightning_modules.tasks import CaptioningModule, CausalLanguageModule, TranslationModule
 
-CONFIGS = sorted((Path(__file__).resolve().parents[1] / "recipes" / "configs").glob("*.yaml"))
+CONFIGS = sorted((REPO_ROOT / "recipes" / "configs").glob("*.yaml"))
 EXPECTED = {"quickstart", "multi30k_de_en", "multi30k_en_de", "iwslt_de_en", "wmt14_en_de_base", "wmt14_en_de_big"}
 EXPECTED |= {"captioning_shapes", "captioning_flickr8k"}  # image captioning (lightning_modules/tasks/captioning.py)
 EXPECTED |= {"causal_lm_relative", "causal_lm_multi30k_cpu"}  # decoder-only (.../tasks/language_modeling.py)
