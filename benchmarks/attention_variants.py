@@ -10,25 +10,22 @@ Peak bytes are measured by intercepting every tensor created during the call (a 
 the live total until each storage is freed. Sizes too large for this machine are reported analytically (marked
 "analytic"): the naive gather is 4 H L^2 Dh bytes; full attention holds the H L^2 logits and weights.
 
-    python benchmarks/attention_variants.py            # the full tables (a few minutes on 2 cores)
-    python benchmarks/attention_variants.py --quick    # small sizes, seconds
+    python -m benchmarks.attention_variants            # the full tables (a few minutes on 2 cores)
+    python -m benchmarks.attention_variants --quick    # small sizes, seconds
 """
 
 import argparse
 import json
-import sys
 import time
 import weakref
 from pathlib import Path
 
-sys.path[:0] = [str(Path(__file__).resolve().parents[1])]  # the repository
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
 
-import torch  # noqa: E402
-from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
-from torch.utils._pytree import tree_flatten  # noqa: E402
-
-from hf_transformer import VaswaniConfig  # noqa: E402
-from hf_transformer.modeling_vaswani import VaswaniAttention, VaswaniRelativePositionEmbedding  # noqa: E402
+from hf_transformer import VaswaniConfig
+from hf_transformer.attention_vaswani import VaswaniAttention, VaswaniRelativePositionEmbedding
 
 RESULTS = Path(__file__).parent / "results" / "attention_variants.json"
 D_MODEL, HEADS = 512, 8
@@ -109,7 +106,7 @@ def layer(attention_type: str, block: int) -> VaswaniAttention:
     config = VaswaniConfig(vocab_size=10, attention_type=attention_type, local_block_length=block,
                            local_memory_length=block, max_position_embeddings=1 << 20,
                            attn_implementation="eager")
-    return VaswaniAttention(config, HEADS, False, 0, causal=True).eval()
+    return VaswaniAttention(config, HEADS, layer_idx=0, is_causal=True).eval()
 
 
 def local_rows(lengths: list[int], full_limit: int, block: int, repeats: int) -> list[dict]:
@@ -122,7 +119,7 @@ def local_rows(lengths: list[int], full_limit: int, block: int, repeats: int) ->
                 rows.append(dict(method=kind, length=length, peak_bytes=2 * 4 * HEADS * length**2, seconds=None,
                                  analytic=True))
                 continue
-            seconds, peak = measure(lambda: module(hidden, None, is_causal=True), repeats)
+            seconds, peak = measure(lambda: module(hidden, None), repeats)  # no mask: causal (is_causal)
             rows.append(dict(method=kind, length=length, peak_bytes=peak, seconds=seconds, analytic=False))
     return rows
 

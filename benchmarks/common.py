@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import gzip
+import itertools
 import json
 import math
 import os
@@ -29,7 +30,7 @@ from transformers import MarianConfig, MarianMTModel, PreTrainedTokenizerFast
 from hf_transformer import VaswaniConfig, VaswaniForConditionalGeneration, train_tokenizer
 from hf_transformer.modeling_vaswani import sinusoidal_table
 from hf_transformer.tokenization_vaswani import iter_parallel_texts
-from lightning_modules.sampler import TokenBudgetBatchSampler
+from lightning_modules.data.sampler import TokenBudgetBatchSampler
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 MULTI30K_DIR = Path(os.environ.get("MULTI30K_DIR", Path(__file__).resolve().parents[2] / "shared/data/multi30k"))
@@ -139,13 +140,18 @@ def environment(device: torch.device, dtype: torch.dtype | None) -> dict:
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def vaswani_config(size: str, vocab_size: int, max_positions: int = 512) -> VaswaniConfig:
+def size_fields(size: str) -> dict[str, int | float]:
+    """The `VaswaniConfig` fields of a benchmark size (a task module's `model_config`)."""
     s = SIZES[size]
-    return VaswaniConfig(
-        vocab_size=vocab_size, d_model=s["d_model"], encoder_layers=s["layers"], decoder_layers=s["layers"],
-        encoder_attention_heads=s["heads"], decoder_attention_heads=s["heads"], encoder_ffn_dim=s["ffn"],
-        decoder_ffn_dim=s["ffn"], dropout=DROPOUT[size], max_position_embeddings=max_positions,
-    )
+    return dict(d_model=s["d_model"], encoder_layers=s["layers"], decoder_layers=s["layers"],
+                encoder_attention_heads=s["heads"], decoder_attention_heads=s["heads"], encoder_ffn_dim=s["ffn"],
+                decoder_ffn_dim=s["ffn"], dropout=DROPOUT[size])
+
+
+def vaswani_config(size: str, vocab_size: int, max_positions: int = 512,
+                   tie_word_embeddings: bool = True) -> VaswaniConfig:
+    return VaswaniConfig(vocab_size=vocab_size, max_position_embeddings=max_positions,
+                         tie_word_embeddings=tie_word_embeddings, **size_fields(size))
 
 
 def marian_twin(model: VaswaniForConditionalGeneration) -> MarianMTModel:
@@ -191,6 +197,17 @@ def parameter_count(model: torch.nn.Module) -> int:
 # ----------------------------------------------------------------------------------------------------------------
 # Data: real Multi30k sentences, and WMT-like synthetic lengths
 # ----------------------------------------------------------------------------------------------------------------
+
+
+def multi30k_lines(name: str, limit: int | None = None) -> list[str]:
+    """The first `limit` lines of a Multi30k file, e.g. "train.de.gz" (without their line ends); FileNotFoundError
+    naming the folder when the corpus is not there."""
+    path = MULTI30K_DIR / name
+    if not path.is_file():
+        raise FileNotFoundError(f"the Multi30k corpus is not in {MULTI30K_DIR} (missing: {path}); set MULTI30K_DIR to "
+                                "the folder holding train.de.gz")
+    with gzip.open(path, "rt", encoding="utf-8") as handle:
+        return [line.rstrip("\n") for line in itertools.islice(handle, limit)]
 
 
 def read_multi30k(split: str, language: str, limit: int | None = None) -> list[str] | None:

@@ -8,22 +8,19 @@ The weights are random (nothing is trained here): such a model never emits </s>,
 `max_new_tokens`, set per batch to the source length (about a translation's length). This is the worst case for
 throughput and the same work for both models.
 
-    python benchmarks/decode.py                       # small and base, beam 4 and greedy
-    python benchmarks/decode.py --sizes base --quick
-    python benchmarks/decode.py --device cpu --tiny --dtype bf16    # every GPU code path, on CPU
+    python -m benchmarks.decode                       # small and base, beam 4 and greedy
+    python -m benchmarks.decode --sizes base --quick
+    python -m benchmarks.decode --device cpu --tiny --dtype bf16    # every GPU code path, on CPU
 """
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
+import argparse
 
-sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1])]  # common, the repo
+import torch
+from transformers import GenerationConfig
 
-import torch  # noqa: E402
-from transformers import GenerationConfig  # noqa: E402
-
-import common  # noqa: E402
+from benchmarks import common
 
 STRATEGIES = {
     "beam4": dict(num_beams=4, length_penalty=0.6, early_stopping=True),
@@ -61,7 +58,7 @@ def generated_tokens(output: torch.Tensor, eos: int, pad: int) -> int:
     return int((body != pad).sum())
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = common.base_parser(__doc__.split("\n")[0])
     parser.add_argument("--sizes", default=None, help="comma-separated: tiny, small, base, big (default small,base)")
     parser.add_argument("--strategies", default="beam4,greedy")
@@ -69,7 +66,45 @@ def main() -> None:
     parser.add_argument("--batches", type=int, default=None, help="batches per repetition (default 2)")
     parser.add_argument("--latency-sentences", type=int, default=None, help="batch-size-1 runs (default 2)")
     parser.add_argument("--vocab-size", type=int, default=8000)
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def measure(models: dict, batches: list[dict], strategy: str, device: torch.device, dtype: torch.dtype | None,
+            repeats: int) -> dict:
+    """Both models decode the batches (the outputs kept and compared), then interleaved timed repetitions."""
+    outputs: dict[str, list[torch.Tensor]] = {name: [] for name in models}
+
+    def run(name: str, keep: bool = False) -> None:
+        model = models[name]
+        for batch in batches:
+            config = generation_config(model, strategy, batch["input_ids"].shape[1])
+            with torch.inference_mode(), common.autocast(device, dtype):
+                out = model.generate(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                                     generation_config=config)
+            if keep:
+                outputs[name].append(out)
+
+    for name in models:  # warm-up, and the outputs compared below
+        run(name, keep=True)
+    times = common.interleaved({name: (lambda name=name: run(name)) for name in models}, repeats, device)
+    sentences_same = sum(int((a == b).all(-1).sum()) if a.shape == b.shape else 0
+                         for a, b in zip(outputs["ours"], outputs["marian"]))
+    sentences = sum(b["input_ids"].shape[0] for b in batches)
+    config = models["ours"].config
+    tokens = {n: sum(generated_tokens(o, config.eos_token_id, config.pad_token_id) for o in outputs[n])
+              for n in models}
+    median = {n: common.statistics.median(t) for n, t in times.items()}
+    ratio = common.median_ratio(times["ours"], times["marian"])
+    return {"batch_size": batches[0]["input_ids"].shape[0], "batches": len(batches), "sentences": sentences,
+            "generated_tokens": tokens, "seconds": times, "median_seconds": median,
+            "time_ratio_ours_over_marian": ratio, "throughput_ratio_ours_over_marian": 1.0 / ratio,
+            "tokens_per_s": {n: tokens[n] / median[n] for n in models},
+            "ms_per_sentence": {n: 1000 * median[n] / sentences for n in models},
+            "outputs_identical": sentences_same == sentences, "sentences_identical": sentences_same}
+
+
+def main() -> None:
+    args = parse_args()
     device, dtype = common.resolve_device(args)
     sizes = (args.sizes or ("tiny" if args.tiny else "small,base")).split(",")
     repeats = args.repeats or (2 if args.tiny else 3 if args.quick else 5)
@@ -78,59 +113,27 @@ def main() -> None:
     n_latency = args.latency_sentences if args.latency_sentences is not None else (1 if args.tiny else 2)
     env = common.environment(device, dtype)
     print(f"{env['device']} | {env['dtype']} | torch {env['torch']} | transformers {env['transformers']}")
-
     throughput_batches = source_batches(args, device, args.vocab_size, batch_size, n_batches)
     latency_batches = source_batches(args, device, args.vocab_size, 1, n_latency) if n_latency else []
     rows, results = [], []
     for size in sizes:
         ours, marian = common.model_pair(size, args.vocab_size, device, seed=args.seed)
-        ours.eval()
-        marian.eval()
-        models = {"ours": ours, "marian": marian}
+        models = {"ours": ours.eval(), "marian": marian.eval()}
         for strategy in args.strategies.split(","):
             for mode, batches in (("batch", throughput_batches), ("single", latency_batches)):
                 if not batches:
                     continue
-                outputs: dict[str, list[torch.Tensor]] = {name: [] for name in models}
-
-                def run(name: str, keep: bool = False) -> None:
-                    model = models[name]
-                    for batch in batches:
-                        config = generation_config(model, strategy, batch["input_ids"].shape[1])
-                        with torch.inference_mode(), common.autocast(device, dtype):
-                            out = model.generate(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                                                 generation_config=config)
-                        if keep:
-                            outputs[name].append(out)
-
-                for name in models:  # warm-up, and the outputs compared below
-                    run(name, keep=True)
-                runs = {name: (lambda name=name: run(name)) for name in models}
-                times = common.interleaved(runs, repeats, device)
-                sentences_same = sum(int((a == b).all(-1).sum()) if a.shape == b.shape else 0
-                                     for a, b in zip(outputs["ours"], outputs["marian"]))
-                sentences = sum(b["input_ids"].shape[0] for b in batches)
-                tokens = {n: sum(generated_tokens(o, ours.config.eos_token_id, ours.config.pad_token_id)
-                                 for o in outputs[n]) for n in models}
-                median = {n: common.statistics.median(t) for n, t in times.items()}
-                ratio = common.median_ratio(times["ours"], times["marian"])
-                entry = {
-                    "size": size, "strategy": strategy, "mode": mode, "batch_size": batches[0]["input_ids"].shape[0],
-                    "batches": len(batches), "sentences": sentences, "generated_tokens": tokens,
-                    "seconds": times, "median_seconds": median, "time_ratio_ours_over_marian": ratio,
-                    "throughput_ratio_ours_over_marian": 1.0 / ratio,
-                    "tokens_per_s": {n: tokens[n] / median[n] for n in models},
-                    "ms_per_sentence": {n: 1000 * median[n] / sentences for n in models},
-                    "outputs_identical": sentences_same == sentences, "sentences_identical": sentences_same,
-                }
+                entry = {"size": size, "strategy": strategy, "mode": mode,
+                         **measure(models, batches, strategy, device, dtype, repeats)}
                 results.append(entry)
+                speedup, same = entry["throughput_ratio_ours_over_marian"], entry["sentences_identical"]
                 rows.append([size, strategy, f"{mode} x{entry['batch_size']}", round(entry["tokens_per_s"]["ours"]),
-                             round(entry["tokens_per_s"]["marian"]), f"{1 / ratio:.2f}x",
+                             round(entry["tokens_per_s"]["marian"]), f"{speedup:.2f}x",
                              f"{entry['ms_per_sentence']['ours']:.1f}", f"{entry['ms_per_sentence']['marian']:.1f}",
-                             f"{sentences_same}/{sentences}"])
-                print(f"{size} {strategy} {mode}: throughput ours/marian {1 / ratio:.2f}x, identical outputs "
-                      f"{sentences_same}/{sentences}", flush=True)
-        del ours, marian
+                             f"{same}/{entry['sentences']}"])
+                print(f"{size} {strategy} {mode}: throughput ours/marian {speedup:.2f}x, identical outputs "
+                      f"{same}/{entry['sentences']}", flush=True)
+        del ours, marian, models
     common.print_table(
         f"generate() ({env['dtype']}, {env['device']}; median of {repeats} interleaved repetitions)",
         ["size", "strategy", "batch", "ours tok/s", "marian tok/s", "throughput ours/marian", "ms/sent ours",

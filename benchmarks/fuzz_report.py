@@ -1,6 +1,6 @@
-"""Bad-input fuzzing, longer than the tests: the strategies and oracles of tests/fuzz_cases.py, more examples.
+"""Bad-input fuzzing, longer than the tests: the strategies and oracles of benchmarks/fuzz_cases.py, more examples.
 
-    python benchmarks/fuzz_report.py [--corpora-per-cell 6] [--translate-calls 40] [--generate-calls 100] \\
+    python -m benchmarks.fuzz_report [--corpora-per-cell 6] [--translate-calls 40] [--generate-calls 100] \\
         [--output benchmarks/results/fuzz_report.json]
 
 Runs (1) generated corpora through `TranslationDataModule`, `--corpora-per-cell` for every (input format, fault)
@@ -23,8 +23,6 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO), str(REPO / "tests")]
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -35,8 +33,8 @@ from hypothesis import HealthCheck, given, settings  # noqa: E402
 from transformers import logging as transformers_logging  # noqa: E402
 from transformers import pipeline  # noqa: E402
 
-from data_utils import multi30k_lines  # noqa: E402
-from fuzz_cases import (  # noqa: E402
+from benchmarks.common import RESULTS_DIR, multi30k_lines, vaswani_config  # noqa: E402
+from benchmarks.fuzz_cases import (  # noqa: E402
     FAULTS_OF_FORMAT,
     FORMATS,
     Tally,
@@ -47,9 +45,7 @@ from fuzz_cases import (  # noqa: E402
     generate_strategy,
     translate_strategy,
 )
-from model_utils import tiny_model  # noqa: E402
-
-from hf_transformer import iter_parallel_texts, train_tokenizer, translate  # noqa: E402
+from hf_transformer import VaswaniForConditionalGeneration, iter_parallel_texts, train_tokenizer, translate  # noqa: E402
 
 SETTINGS = dict(deadline=None, derandomize=True, database=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
@@ -82,8 +78,9 @@ def fuzz_corpora(per_cell: int, scratch: Path) -> Tally:
 def fuzz_generation(translate_calls: int, generate_calls: int) -> tuple[Tally, float, Tally, float]:
     pairs = list(zip(multi30k_lines("train.de.gz", 1000), multi30k_lines("train.en.gz", 1000)))
     tokenizer = train_tokenizer(iter_parallel_texts(pairs), vocab_size=400)
-    model = tiny_model(seed=5, vocab_size=len(tokenizer), max_position_embeddings=MAX_POSITIONS,
-                       tie_word_embeddings=False)
+    torch.manual_seed(5)
+    model = VaswaniForConditionalGeneration(vaswani_config("tiny", len(tokenizer), MAX_POSITIONS,
+                                                           tie_word_embeddings=False)).eval()
     with torch.no_grad():
         model.lm_head.weight.mul_(6.0)
     lines = multi30k_lines("val.de.gz", 30)
@@ -122,7 +119,7 @@ def main() -> int:
     parser.add_argument("--corpora-per-cell", type=int, default=6)
     parser.add_argument("--translate-calls", type=int, default=40)
     parser.add_argument("--generate-calls", type=int, default=100)
-    parser.add_argument("--output", default=str(REPO / "benchmarks" / "results" / "fuzz_report.json"))
+    parser.add_argument("--output", default=str(RESULTS_DIR / "fuzz_report.json"))
     args = parser.parse_args()
     transformers_logging.set_verbosity_error()
     parts = {}

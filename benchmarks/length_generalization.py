@@ -15,8 +15,8 @@ The claim holds when the relative model's loss on L..2L stays within 10% of its 
 (ratio = loss[L:2L] / loss[0:L] <= 1.10); the sinusoidal model is shown beside it: positions it never saw get
 sinusoid values it was never trained on.
 
-    python benchmarks/length_generalization.py            # L = 64, 600 steps per model: a few minutes on 2 cores
-    python benchmarks/length_generalization.py --quick    # a smoke run: a small model, fewer steps
+    python -m benchmarks.length_generalization            # L = 64, 600 steps per model: a few minutes on 2 cores
+    python -m benchmarks.length_generalization --quick    # a smoke run: a small model, fewer steps
 
 Prints a table and writes benchmarks/results/length_generalization.json (`--output` to change it).
 """
@@ -24,7 +24,6 @@ Prints a table and writes benchmarks/results/length_generalization.json (`--outp
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 import os
 import platform
@@ -36,16 +35,15 @@ import numpy as np
 import torch
 import transformers
 
+from benchmarks.common import RESULTS_DIR, multi30k_lines
 from hf_transformer import VaswaniConfig, VaswaniForCausalLM, train_tokenizer
 
-RESULTS_DIR = Path(__file__).resolve().parent / "results"
-MULTI30K_DIR = Path(os.environ.get("MULTI30K_DIR", Path(__file__).resolve().parents[2] / "shared/data/multi30k"))
 TARGET_RATIO = 1.10  # the issue's target: loss on L..2L within 10% of the loss on 0..L
 
 
-def read_lines(path: Path) -> list[str]:
-    with gzip.open(path, "rt", encoding="utf-8") as handle:
-        return [line.rstrip("\n") for line in handle if line.strip()]
+def read_lines(name: str) -> list[str]:
+    """The non-blank lines of a Multi30k file."""
+    return [line for line in multi30k_lines(name) if line.strip()]
 
 
 def token_stream(tokenizer, lines: list[str]) -> np.ndarray:
@@ -122,8 +120,8 @@ def position_losses(model: VaswaniForCausalLM, blocks: torch.Tensor, batch_size:
 
 def run(args: argparse.Namespace) -> dict:
     torch.set_num_threads(args.threads)
-    train_lines = read_lines(MULTI30K_DIR / "train.en.gz")
-    held_out_lines = read_lines(MULTI30K_DIR / "val.en.gz") + read_lines(MULTI30K_DIR / "test_2016_flickr.en.gz")
+    train_lines = read_lines("train.en.gz")
+    held_out_lines = read_lines("val.en.gz") + read_lines("test_2016_flickr.en.gz")
     tokenizer = train_tokenizer(train_lines, vocab_size=args.vocab_size)
     length = args.train_length
     train_blocks = chunks(token_stream(tokenizer, train_lines), length)  # (N, L)
@@ -166,7 +164,7 @@ def run(args: argparse.Namespace) -> dict:
                   "dropout": 0.1, "normalize_before": True},
         "training": {"steps": args.steps, "batch_size": args.batch_size, "peak_lr": args.lr, "seed": args.seed},
         "results": results,
-        "command": "python benchmarks/length_generalization.py" + (" --quick" if args.quick else ""),
+        "command": "python -m benchmarks.length_generalization" + (" --quick" if args.quick else ""),
         "machine": {"platform": platform.platform(), "torch": torch.__version__,
                     "transformers": transformers.__version__, "threads": torch.get_num_threads(),
                     "cpu_count": os.cpu_count()},

@@ -7,29 +7,27 @@ backward and the same Adam on the very batches the fit trained on, in a plain lo
 overhead. Both are measured in steady state (the first steps of each fit are warm-up and not timed), in alternating
 repetitions; medians are reported. Ours only: Marian has no Lightning module here.
 
-    python benchmarks/lightning_loop.py                     # small model, CPU or CUDA
-    python benchmarks/lightning_loop.py --size base --quick
-    python benchmarks/lightning_loop.py --device cpu --tiny --dtype bf16 --compile    # the GPU code paths, on CPU
+    python -m benchmarks.lightning_loop                     # small model, CPU or CUDA
+    python -m benchmarks.lightning_loop --size base --quick
+    python -m benchmarks.lightning_loop --device cpu --tiny --dtype bf16 --compile    # the GPU code paths, on CPU
 """
 
 from __future__ import annotations
 
+import argparse
 import logging
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1])]  # common, the repo
+import torch
+from lightning.pytorch import Callback, Trainer
+from lightning.pytorch.loggers import CSVLogger
 
-import torch  # noqa: E402
-from lightning.pytorch import Callback, Trainer  # noqa: E402
-from lightning.pytorch.loggers import CSVLogger  # noqa: E402
-
-import common  # noqa: E402
-from lightning_modules.data import TranslationDataModule  # noqa: E402
-from lightning_modules.module import TranslationModule  # noqa: E402
-from lightning_modules.schedules import paper_adam  # noqa: E402
+from benchmarks import common
+from lightning_modules.data import TranslationDataModule
+from lightning_modules.schedules import paper_adam
+from lightning_modules.tasks import TranslationModule
 
 
 class StepClock(Callback):
@@ -47,7 +45,7 @@ class StepClock(Callback):
         self.batches.append({k: v for k, v in batch.items() if isinstance(v, torch.Tensor)})
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = common.base_parser(__doc__.split("\n")[0])
     parser.add_argument("--size", default=None, help="tiny, small, base or big (default small; tiny with --tiny)")
     parser.add_argument("--steps", type=int, default=None, help="timed steps per fit (default 10, quick 5)")
@@ -55,7 +53,53 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=None, help="token budget (default 2048 CPU, 16384 GPU)")
     parser.add_argument("--compile", action="store_true", help="TranslationModule(compile=True)")
     parser.add_argument("--cache-dir", default=str(Path(tempfile.gettempdir()) / "hf_transformer_benchmark_cache"))
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def multi30k_data(budget: int, cache_dir: str, seed: int) -> TranslationDataModule:
+    """The local Multi30k files, de -> en, as token-budget batches of `budget` tokens."""
+    folder = common.MULTI30K_DIR
+    if not (folder / "train.de.gz").exists():
+        raise SystemExit(f"Multi30k not found in {folder}: set MULTI30K_DIR to the folder with train.de.gz")
+    files = {split: [str(folder / f"{name}.de.gz"), str(folder / f"{name}.en.gz")]
+             for split, name in (("train", "train"), ("validation", "val"), ("test", "test_2016_flickr"))}
+    return TranslationDataModule(data_files=files, source_lang="de", target_lang="en", vocab_size=8000,
+                                 max_tokens=budget, cache_dir=cache_dir, seed=seed)
+
+
+def fit(module: TranslationModule, data: TranslationDataModule, device: torch.device, precision: str,
+        warmup_steps: int, steps: int, log_dir: str) -> tuple[float, float, list[dict]]:
+    """One fit: steady-state seconds and target tokens of the timed steps, and those steps' batches."""
+    clock = StepClock()
+    trainer = Trainer(
+        accelerator=device.type, devices=1, precision=precision, max_steps=warmup_steps + steps,
+        limit_val_batches=0, num_sanity_val_steps=0, gradient_clip_val=1.0, log_every_n_steps=50,
+        logger=CSVLogger(log_dir), enable_checkpointing=False, enable_progress_bar=False,
+        enable_model_summary=False, use_distributed_sampler=False, callbacks=[clock],
+    )
+    trainer.fit(module, datamodule=data)
+    first = warmup_steps - 1  # time from the end of the last warm-up step to the end of the last step
+    return clock.ends[-1] - clock.ends[first], float(sum(clock.tokens[first + 1:])), clock.batches[first + 1:]
+
+
+def bare_steps(module: TranslationModule, optimizer: torch.optim.Optimizer, batches: list[dict],
+               device: torch.device, dtype: torch.dtype | None) -> float:
+    """forward_loss + backward + Adam step on the given batches, in a plain loop; returns seconds."""
+    module.train()
+    common.synchronize(device)
+    started = time.perf_counter()
+    for batch in batches:
+        with common.autocast(device, dtype):
+            loss_sum, _, tokens = module.forward_loss(batch)
+        (loss_sum / tokens.clamp(min=1)).backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    common.synchronize(device)
+    return time.perf_counter() - started
+
+
+def main() -> None:
+    args = parse_args()
     device, dtype = common.resolve_device(args)
     size = args.size or ("tiny" if args.tiny else "small")
     repeats = args.repeats or (2 if args.tiny else 3)
@@ -64,66 +108,20 @@ def main() -> None:
     env = common.environment(device, dtype)
     print(f"{env['device']} | {env['dtype']} | torch {env['torch']} | transformers {env['transformers']}")
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
-
-    folder = common.MULTI30K_DIR
-    if not (folder / "train.de.gz").exists():
-        raise SystemExit(f"Multi30k not found in {folder}: set MULTI30K_DIR to the folder with train.de.gz")
-    data = TranslationDataModule(
-        data_files={"train": [str(folder / "train.de.gz"), str(folder / "train.en.gz")],
-                    "validation": [str(folder / "val.de.gz"), str(folder / "val.en.gz")],
-                    "test": [str(folder / "test_2016_flickr.de.gz"), str(folder / "test_2016_flickr.en.gz")]},
-        source_lang="de", target_lang="en", vocab_size=8000, max_tokens=budget, cache_dir=args.cache_dir,
-        seed=args.seed,
-    )
-    s = common.SIZES[size]
+    data = multi30k_data(budget, args.cache_dir, args.seed)
     torch.manual_seed(args.seed)
-    module = TranslationModule(
-        vocab_size=data.vocab_size, pad_token_id=data.pad_token_id, bos_token_id=data.bos_token_id,
-        eos_token_id=data.eos_token_id, decoder_start_token_id=data.decoder_start_token_id,
-        d_model=s["d_model"], encoder_layers=s["layers"], decoder_layers=s["layers"], attention_heads=s["heads"],
-        ffn_dim=s["ffn"], dropout=common.DROPOUT[size], max_position_embeddings=256, compile=args.compile or None,
-    )
-    precision = "bf16-mixed" if dtype is not None else "32-true"
-    log_dir = tempfile.mkdtemp(prefix="lightning_loop_")
-
-    def fit() -> tuple[float, float, list[dict]]:
-        """One fit: steady-state seconds and target tokens of the timed steps, and those steps' batches."""
-        clock = StepClock()
-        trainer = Trainer(
-            accelerator=device.type, devices=1, precision=precision, max_steps=args.warmup_steps + steps,
-            limit_val_batches=0, num_sanity_val_steps=0, gradient_clip_val=1.0, log_every_n_steps=50,
-            logger=CSVLogger(log_dir), enable_checkpointing=False, enable_progress_bar=False,
-            enable_model_summary=False, use_distributed_sampler=False, callbacks=[clock],
-        )
-        trainer.fit(module, datamodule=data)
-        first = args.warmup_steps - 1  # time from the end of the last warm-up step to the end of the last step
-        return clock.ends[-1] - clock.ends[first], float(sum(clock.tokens[first + 1:])), clock.batches[first + 1:]
-
+    module = TranslationModule(model_config={**common.size_fields(size), "max_position_embeddings": 256},
+                               tokenizer_fields=data.tokenizer_fields, compile=args.compile or None)
+    precision, log_dir = "bf16-mixed" if dtype is not None else "32-true", tempfile.mkdtemp(prefix="lightning_loop_")
     optimizer = None
-
-    def bare(batches: list[dict]) -> float:
-        """forward_loss + backward + Adam step on the given batches, in a plain loop; returns seconds."""
-        nonlocal optimizer
-        module.train()
-        optimizer = optimizer or paper_adam(module.parameters(), lr=1e-5)
-        common.synchronize(device)
-        started = time.perf_counter()
-        for batch in batches:
-            with common.autocast(device, dtype):
-                loss_sum, _, tokens = module.forward_loss(batch)
-            (loss_sum / tokens.clamp(min=1)).backward()
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-        common.synchronize(device)
-        return time.perf_counter() - started
-
     fit_seconds, bare_seconds, tokens = [], [], 0.0
     for repeat in range(repeats):
-        seconds, tokens, batches = fit()
+        seconds, tokens, batches = fit(module, data, device, precision, args.warmup_steps, steps, log_dir)
         batches = [{k: v.to(device) for k, v in b.items()} for b in batches]
-        bare(batches[:1])  # warm-up of the bare loop (optimizer state)
+        optimizer = optimizer or paper_adam(module.parameters(), lr=1e-5)
+        bare_steps(module, optimizer, batches[:1], device, dtype)  # warm-up of the bare loop (optimizer state)
         fit_seconds.append(seconds)
-        bare_seconds.append(bare(batches))
+        bare_seconds.append(bare_steps(module, optimizer, batches, device, dtype))
         print(f"repetition {repeat}: fit {tokens / seconds:.0f} tok/s, bare step {tokens / bare_seconds[-1]:.0f} "
               f"tok/s", flush=True)
     ratio = common.median_ratio(fit_seconds, bare_seconds)

@@ -1,8 +1,8 @@
 """Soak test: a CPU training run of a small model for a fixed wall-clock time, with frequent validation,
 checkpointing and HF export, watching for memory growth and throughput decay.
 
-    python benchmarks/soak.py                 # 20 minutes
-    python benchmarks/soak.py --minutes 3 --output benchmarks/results/soak_3min.json
+    python -m benchmarks.soak                 # 20 minutes
+    python -m benchmarks.soak --minutes 3 --output benchmarks/results/soak_3min.json
 
 The run is the quickstart's (English -> German number words from `lightning_modules.synthetic`, the paper's Adam and
 schedule) shrunk to d_model 64, 2 + 2 layers, with a validation (greedy, 100 sentences) every `--val-every` steps, a
@@ -32,13 +32,11 @@ import lightning.pytorch as L
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the checkout, when run as a script
-
 from lightning_modules.callbacks import HFExportCallback
 from lightning_modules.checkpointing import AtomicCheckpointIO
-from lightning_modules.module import TranslationModule
+from lightning_modules.data import NumbersDataModule
 from lightning_modules.schedules import InverseSquareRootLR, paper_adam
-from lightning_modules.synthetic import NumbersDataModule
+from lightning_modules.tasks import TranslationModule
 
 
 def rss_mb() -> float:
@@ -194,11 +192,11 @@ def main(argv: list[str] | None = None) -> dict:
                                  max_tokens=args.max_tokens, eval_batch_size=100, cache_dir=str(root / "cache"),
                                  seed=args.seed)
         module = TranslationModule(
-            vocab_size=data.vocab_size, pad_token_id=data.pad_token_id, bos_token_id=data.bos_token_id,
-            eos_token_id=data.eos_token_id, decoder_start_token_id=data.decoder_start_token_id,
-            d_model=args.d_model, encoder_layers=2, decoder_layers=2, attention_heads=4, ffn_dim=4 * args.d_model,
-            dropout=0.1, max_position_embeddings=128, validation_num_beams=1, optimizer=paper_adam,
-            lr_scheduler=lambda optimizer: InverseSquareRootLR(optimizer, d_model=args.d_model, warmup_steps=400),
+            model_config=dict(d_model=args.d_model, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
+                              decoder_attention_heads=4, encoder_ffn_dim=4 * args.d_model,
+                              decoder_ffn_dim=4 * args.d_model, dropout=0.1, max_position_embeddings=128),
+            tokenizer_fields=data.tokenizer_fields, validation_num_beams=1, optimizer=paper_adam,
+            lr_scheduler=lambda optimizer, d_model: InverseSquareRootLR(optimizer, d_model=d_model, warmup_steps=400),
         )
         monitor = SoakMonitor(args.sample_seconds, args.window_seconds)
         callbacks = [

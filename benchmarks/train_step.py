@@ -5,24 +5,22 @@ Reported per model size and data kind: target tokens/s, the time ratio ours / Ma
 repetitions), peak memory of one step and MFU (model FLOPs/s over the matmul peak this script measures: bf16 on a
 GPU, float32 on CPU).
 
-    python benchmarks/train_step.py                     # small, base, big on Multi30k and WMT-like batches
-    python benchmarks/train_step.py --sizes base --quick
-    python benchmarks/train_step.py --device cpu --tiny --dtype bf16 --compile   # every GPU code path, on CPU
-    python benchmarks/train_step.py --profile --sizes base   # torch.profiler tables of one step of each model
+    python -m benchmarks.train_step                     # small, base, big on Multi30k and WMT-like batches
+    python -m benchmarks.train_step --sizes base --quick
+    python -m benchmarks.train_step --device cpu --tiny --dtype bf16 --compile   # every GPU code path, on CPU
+    python -m benchmarks.train_step --profile --sizes base   # torch.profiler tables of one step of each model
 """
 
 from __future__ import annotations
 
-import sys
+import argparse
 from pathlib import Path
 
-sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1])]  # common, the repo
+import torch
 
-import torch  # noqa: E402
-
-import common  # noqa: E402
-from lightning_modules.module import label_smoothed_loss  # noqa: E402
-from lightning_modules.schedules import paper_adam  # noqa: E402
+from benchmarks import common
+from lightning_modules.schedules import paper_adam
+from lightning_modules.tasks.metrics import label_smoothed_loss
 
 # Token budget per batch (per side). CPU budgets keep the default run within a few minutes on 2 cores.
 MAX_TOKENS = {
@@ -78,7 +76,7 @@ def profile_step(name: str, step, batch) -> None:
     print(prof.key_averages().table(sort_by=sort, row_limit=25))
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = common.base_parser(__doc__.split("\n")[0])
     parser.add_argument("--sizes", default=None, help="comma-separated: tiny, small, base, big")
     parser.add_argument("--data", default="multi30k,wmt", help="comma-separated: multi30k, wmt")
@@ -88,22 +86,56 @@ def main() -> None:
     parser.add_argument("--compile", action="store_true", help="torch.compile both models' forward")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory step")
     parser.add_argument("--profile", action="store_true", help="print torch.profiler tables and exit")
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def measure(steps: dict, batches: list[dict], config, device: torch.device, repeats: int, peak: float,
+            with_memory: bool) -> dict:
+    """Warm-up, then interleaved timed repetitions of both models' steps, MFU and peak memory: the result entry."""
+    stats = common.batch_stats(batches)
+    for step in steps.values():  # warm-up: allocator, Adam state, compilation
+        for batch in batches:
+            step(batch)
+    runs = {name: (lambda step=step: [step(b) for b in batches]) for name, step in steps.items()}
+    times = common.interleaved(runs, repeats, device)
+    flops = sum(common.training_flops(config, b) for b in batches)
+    memory = {}
+    if with_memory:
+        largest = max(batches, key=lambda b: b["input_ids"].numel() + b["labels"].numel())
+        for name, step in steps.items():
+            with common.peak_memory(device) as measured:
+                step(largest)
+            memory[name] = measured["bytes"]
+    median = {name: common.statistics.median(t) for name, t in times.items()}
+    return {**stats, "seconds": times, "median_seconds": median,
+            "time_ratio_ours_over_marian": common.median_ratio(times["ours"], times["marian"]),
+            "target_tokens_per_s": {n: stats["target_tokens"] / s for n, s in median.items()},
+            "mfu": {n: flops / s / peak for n, s in median.items()}, "peak_memory_bytes": memory}
+
+
+def table_row(entry: dict) -> list:
+    memory, ratio = entry["peak_memory_bytes"], entry["time_ratio_ours_over_marian"]
+    return [entry["size"], entry["data"], f"{entry['batches']}x{entry['max_tokens']}", f"{entry['padding']:.1%}",
+            round(entry["target_tokens_per_s"]["ours"]), round(entry["target_tokens_per_s"]["marian"]),
+            f"{ratio:.3f}", f"{entry['mfu']['ours']:.1%}", f"{entry['mfu']['marian']:.1%}",
+            *(f"{memory[n] / 2**20:.0f}" if n in memory else "-" for n in ("ours", "marian"))]
+
+
+def main() -> None:
+    args = parse_args()
     device, dtype = common.resolve_device(args)
     sizes = (args.sizes or ("tiny" if args.tiny else "small,base,big")).split(",")
     repeats = args.repeats or (2 if args.tiny else 3 if args.quick else 5)
     n_batches = args.batches or (2 if args.tiny or args.quick or device.type == "cpu" else 4)
     env = common.environment(device, dtype)
     print(f"{env['device']} | {env['dtype']} | torch {env['torch']} | transformers {env['transformers']}")
-
     peak_dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     peak = common.matmul_peak(device, peak_dtype, quick=args.tiny)
     peak_label = f"{'bf16' if device.type == 'cuda' else 'float32'} matmul peak"
     print(f"measured {peak_label}: {peak / 1e12:.2f} TFLOP/s")
-
     tokenizer = common.benchmark_tokenizer(min(args.vocab_size, 8000)) if "multi30k" in args.data else None
     pools = data_sets(args, device, args.vocab_size, tokenizer)
-    rows, results = [], []
+    results = []
     for size in sizes:
         ours, marian = common.model_pair(size, args.vocab_size, device, seed=args.seed)
         ours.train()
@@ -116,41 +148,16 @@ def main() -> None:
         for data_name, pairs in pools.items():
             budget = args.max_tokens or MAX_TOKENS[device.type][size]
             batches = common.token_budget_batches(pairs, budget, n_batches, args.seed, device)
-            stats = common.batch_stats(batches)
             if args.profile:
                 for name, step in steps.items():
                     step(batches[0])
                     profile_step(f"{name} {size} {data_name}", step, batches[0])
                 continue
-            for step in steps.values():  # warm-up: allocator, Adam state, compilation
-                for batch in batches:
-                    step(batch)
-            runs = {name: (lambda step=step: [step(b) for b in batches]) for name, step in steps.items()}
-            times = common.interleaved(runs, repeats, device)
-            flops = sum(common.training_flops(ours.config, b) for b in batches)
-            memory = {}
-            if not args.no_memory:
-                largest = max(batches, key=lambda b: b["input_ids"].numel() + b["labels"].numel())
-                for name, step in steps.items():
-                    with common.peak_memory(device) as measured:
-                        step(largest)
-                    memory[name] = measured["bytes"]
-            median = {name: common.statistics.median(t) for name, t in times.items()}
-            ratio = common.median_ratio(times["ours"], times["marian"])
-            entry = {
-                "size": size, "data": data_name, "max_tokens": budget, **stats,
-                "parameters": common.parameter_count(ours),
-                "seconds": times, "median_seconds": median, "time_ratio_ours_over_marian": ratio,
-                "target_tokens_per_s": {n: stats["target_tokens"] / s for n, s in median.items()},
-                "mfu": {n: flops / s / peak for n, s in median.items()},
-                "peak_memory_bytes": memory,
-            }
+            entry = {"size": size, "data": data_name, "max_tokens": budget, "parameters": common.parameter_count(ours),
+                     **measure(steps, batches, ours.config, device, repeats, peak, not args.no_memory)}
             results.append(entry)
-            rows.append([size, data_name, f"{stats['batches']}x{budget}", f"{stats['padding']:.1%}",
-                         round(entry["target_tokens_per_s"]["ours"]), round(entry["target_tokens_per_s"]["marian"]),
-                         f"{ratio:.3f}", f"{entry['mfu']['ours']:.1%}", f"{entry['mfu']['marian']:.1%}",
-                         *(f"{memory[n] / 2**20:.0f}" if n in memory else "-" for n in ("ours", "marian"))])
-            print(f"{size} {data_name}: time ours/marian {ratio:.3f} (per repetition: "
+            times = entry["seconds"]
+            print(f"{size} {data_name}: time ours/marian {entry['time_ratio_ours_over_marian']:.3f} (per repetition: "
                   f"{[round(a / b, 3) for a, b in zip(times['ours'], times['marian'])]})", flush=True)
         del ours, marian, steps, forward
     if args.profile:
@@ -160,7 +167,7 @@ def main() -> None:
         f"Training step ({env['dtype']}, {env['device']}; MFU over the measured {peak_label}, "
         f"{peak / 1e12:.2f} TFLOP/s; median of {repeats} interleaved repetitions)",
         ["size", "data", "batches", "padding", "ours tok/s", "marian tok/s", "time ours/marian", "MFU ours",
-         "MFU marian", "peak MiB ours", "peak MiB marian"], rows)
+         "MFU marian", "peak MiB ours", "peak MiB marian"], [table_row(entry) for entry in results])
     payload = {"benchmark": "train_step", "environment": env, "compile": args.compile,
                "matmul_peak_flops": peak, "matmul_peak_kind": peak_label, "repeats": repeats, "results": results}
     path = common.write_json("train_step", args, payload)

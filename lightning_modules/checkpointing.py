@@ -20,11 +20,13 @@ dicts of tensors and numbers; the hyper-parameters are stored as a plain `dict(h
 the user side: a hyper-parameter holding a class, a function, a `pathlib.Path`, an `Enum` or a numpy value
 (`save_hyperparameters` keeps init arguments as given), hparams that are an OmegaConf container (Lightning then also
 stores `hparams_type`, a class), and numpy arrays (e.g. `np.random.get_state()`) in `on_save_checkpoint`.
-`TranslationModule` avoids them: it keeps only numbers, strings and bools in its hparams (the optimiser and scheduler
-callables are excluded with `save_hyperparameters(ignore=...)`) and stores RNG states as tensors and lists of ints.
+The task modules avoid them: they keep only numbers, strings, bools and dicts of them in their hparams (the optimiser
+and scheduler callables are excluded with `save_hyperparameters(ignore=...)`), store RNG states as tensors and lists of
+ints, and the model's configuration (`MODEL_KEY`, what checkpoint averaging rebuilds the model from) as a JSON dict.
 
-Every load of this repository is `weights_only=True` (tests/test_safe_loading.py scans the source for it): this
-plugin, `average.py` (through `load_checkpoint_file`), and the HF folders, which hold safetensors only. What cannot be:
+Every load of this repository is `weights_only=True` (tests/lightning_modules/test_safe_loading.py scans the source
+for it): this plugin, checkpoint averaging (through `load_checkpoint_file`), and the HF folders, which hold safetensors
+only. What cannot be:
 - `ModelParallelStrategy`'s sharded checkpoint folder: the strategy loads it itself, not through this plugin, and
   `torch.distributed.checkpoint` reads its `.metadata` file with plain `pickle.load` (torch 2.13,
   distributed/checkpoint/filesystem.py). Only resume sharded checkpoints that you wrote yourself.
@@ -49,6 +51,9 @@ from typing import Any, Callable
 import fsspec.utils
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+from transformers import PreTrainedModel
+
+import hf_transformer
 
 PathLike = str | os.PathLike
 
@@ -61,6 +66,10 @@ class CheckpointSaveError(OSError):
     """A checkpoint that could not be written (disk full, file-size limit, unwritable folder); the previous file at
     that path is untouched."""
 
+
+#: The checkpoint entry holding the HF model's class name and `VaswaniConfig` (written by the task modules).
+MODEL_KEY = "hf_model"
+MODEL_CLASSES = ("VaswaniForConditionalGeneration", "VaswaniForCausalLM", "VaswaniForImageCaptioning")
 
 NO_ROOM = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
 NOT_WRITABLE = (errno.EACCES, errno.EPERM, errno.EROFS)
@@ -193,6 +202,25 @@ def load_checkpoint_file(path: PathLike, map_location: Any = "cpu", mmap: bool =
     return checkpoint
 
 
+def describe_model(model: PreTrainedModel) -> dict[str, Any]:
+    """The checkpoint's `MODEL_KEY` entry: the model's class name and configuration (plain values only; the
+    private `_name_or_path` of a loaded model left out)."""
+    config = {key: value for key, value in model.config.to_dict().items() if not key.startswith("_")}
+    return {"class": type(model).__name__, "config": config}
+
+
+def model_from_checkpoint(checkpoint: dict[str, Any], path: PathLike) -> PreTrainedModel:
+    """A freshly initialised HF model of the class and configuration a checkpoint was written with."""
+    entry = checkpoint.get(MODEL_KEY)
+    if not isinstance(entry, dict) or entry.get("class") not in MODEL_CLASSES:
+        raise CheckpointLoadError(
+            f"Checkpoint {path} does not say which model it holds (no {MODEL_KEY!r} entry naming one of "
+            f"{list(MODEL_CLASSES)}): it was written by an older version of the task modules, or by another module."
+        )
+    config = hf_transformer.VaswaniConfig.from_dict(entry["config"])
+    return getattr(hf_transformer, entry["class"])(config)
+
+
 class AtomicCheckpointIO(TorchCheckpointIO):
     """`TorchCheckpointIO` whose saves are atomic and durable and whose loads are `weights_only=True`.
 
@@ -319,12 +347,15 @@ def local_path(path: PathLike) -> Path:
 
 
 __all__ = [
+    "MODEL_KEY",
     "AtomicCheckpointIO",
     "CheckpointLoadError",
     "CheckpointSaveError",
     "atomic_torch_save",
     "fsync_directory",
+    "describe_model",
     "load_checkpoint_file",
+    "model_from_checkpoint",
     "recover_directory",
     "replace_directory_atomically",
 ]

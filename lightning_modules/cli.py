@@ -2,52 +2,49 @@
 
 A LightningCLI over any LightningModule (`model.class_path`; a `model:` section without one is a
 `TranslationModule`, so the translation recipes name only its arguments) and any LightningDataModule
-(`data.class_path`), with fit / validate / test / predict and `--print_config`. The tokenizer's vocabulary size and
-special ids are linked from the data module into those of the model's arguments that exist.
+(`data.class_path`), with fit / validate / test / predict and `--print_config`. The data module's `tokenizer_fields`
+(the tokenizer's size and special ids) are linked into the model's `tokenizer_fields`.
 """
 
 import logging
 import warnings
+from pathlib import Path
 
-from jsonargparse import Namespace
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 
-from .checkpointing import AtomicCheckpointIO
-from .module import TranslationModule
-
-LINKED_FROM_DATA = ("vocab_size", "pad_token_id", "bos_token_id", "eos_token_id", "decoder_start_token_id")
+from .checkpointing import AtomicCheckpointIO, load_checkpoint_file
+from .redaction import redact_config
+from .tasks.translation import TranslationModule
 
 
 class TransformerCLI(LightningCLI):
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.set_defaults({"model": {"class_path": f"{TranslationModule.__module__}.{TranslationModule.__name__}"}})
-        for name in LINKED_FROM_DATA:  # a model without one of these arguments (a causal LM) skips its link
-            parser.link_arguments(f"data.{name}", f"model.init_args.{name}", apply_on="instantiate")
+        parser.link_arguments("data.tokenizer_fields", "model.init_args.tokenizer_fields", apply_on="instantiate")
 
-
-def redact_tokens(value: object) -> object:
-    """A copy of a parsed config in which every string under a key ending in `token` (a Hub token given on the
-    command line or in YAML, e.g. HubPushCallback's `token`) is replaced by `***`."""
-    if isinstance(value, Namespace):
-        value = Namespace(**{key: redact_tokens(item) for key, item in vars(value).items()})
-        for key, item in vars(value).items():
-            if key.lower().endswith("token") and isinstance(item, str):
-                setattr(value, key, "***")
-        return value
-    if isinstance(value, dict):
-        return {key: ("***" if str(key).lower().endswith("token") and isinstance(item, str) else redact_tokens(item))
-                for key, item in value.items()}
-    if isinstance(value, list):
-        return [redact_tokens(item) for item in value]
-    return value
+    def parse_arguments(self, parser: LightningArgumentParser, args: list[str] | None) -> None:
+        """Parse, then refuse (with the reason) a `--ckpt_path` written before the model took its configuration as
+        `model_config`: LightningCLI would otherwise fail on the checkpoint's old hyper-parameter names."""
+        super().parse_arguments(parser, args)
+        subcommand = self.config.get("subcommand")
+        ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        if ckpt_path and Path(ckpt_path).is_file():
+            hparams = load_checkpoint_file(ckpt_path, mmap=True).get("hyper_parameters") or {}
+            if "d_model" in hparams and "model_config" not in hparams:
+                parser.error(
+                    f"--ckpt_path {ckpt_path} was written by an older version of the task modules, whose arguments "
+                    "were a renamed copy of the model's configuration (d_model, attention_heads, ffn_dim, ...): it "
+                    "cannot be resumed or tested with this version. Export its weights with that version, or train "
+                    "again (the recipes now give the model's VaswaniConfig fields under model.model_config)."
+                )
 
 
 class RedactingSaveConfigCallback(SaveConfigCallback):
     """Lightning's config.yaml of the run, written without the secrets the command line may carry."""
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        self.config = redact_tokens(self.config)
+        self.config = redact_config(self.config)
         super().setup(trainer, pl_module, stage)
 
 

@@ -1,6 +1,12 @@
-"""The paper's optimiser (§5.3): Adam(beta1=0.9, beta2=0.98, eps=1e-9) with warmup then inverse-square-root decay."""
+"""The paper's optimiser (§5.3): Adam(beta1=0.9, beta2=0.98, eps=1e-9) with warmup then inverse-square-root decay.
 
-from collections.abc import Iterable
+A task module is given an optimiser factory (`OptimizerCallable`: parameters -> optimiser) and a schedule factory
+(`ScheduleCallable`: optimiser, d_model -> schedule). The schedule gets the model's `d_model` from the task, which reads
+it from the model's configuration: a recipe names only the warmup (`InverseSquareRootLR` with `init_args:
+{warmup_steps: 4000}`), never a second copy of `d_model`.
+"""
+
+from collections.abc import Callable, Iterable
 
 import torch
 from torch import nn
@@ -23,6 +29,10 @@ def paper_adam(params: Iterable, lr: float = 1.0, fused: bool | None = None) -> 
             for p in tensors
         )
     return Adam(params, lr=lr, betas=(0.9, 0.98), eps=1e-9, fused=fused or None)
+
+
+#: (optimiser, the model's d_model) -> learning-rate schedule, stepped every optimiser step.
+ScheduleCallable = Callable[[Optimizer, int], LRScheduler]
 
 
 class InverseSquareRootLR(LRScheduler):
@@ -63,9 +73,9 @@ class InverseSquareRootLR(LRScheduler):
         return [self.rate(self.last_epoch + 1) for _ in self.optimizer.param_groups]
 
 
-def inverse_sqrt_schedule(optimizer: Optimizer) -> InverseSquareRootLR:
-    """The base model's schedule: d_model 512, 4000 warmup steps."""
-    return InverseSquareRootLR(optimizer, d_model=512, warmup_steps=4000)
+def inverse_sqrt_schedule(optimizer: Optimizer, d_model: int) -> InverseSquareRootLR:
+    """The paper's schedule for a model of width `d_model`: 4000 warmup steps."""
+    return InverseSquareRootLR(optimizer, d_model=d_model, warmup_steps=4000)
 
 
-__all__ = ["paper_adam", "InverseSquareRootLR", "inverse_sqrt_schedule"]
+__all__ = ["paper_adam", "InverseSquareRootLR", "ScheduleCallable", "inverse_sqrt_schedule"]

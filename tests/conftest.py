@@ -27,11 +27,7 @@ for _name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
     os.environ.setdefault(_name, "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
-TESTS_DIR = Path(__file__).resolve().parent
-if str(TESTS_DIR) not in sys.path:
-    sys.path.insert(0, str(TESTS_DIR))
-
-from helpers import TEST_TOKEN, hub_env  # noqa: E402
+from helpers import TEST_TOKEN, hub_env  # noqa: E402  (tests/ and the repository are on sys.path: pyproject.toml)
 from hub_server import HubServer  # noqa: E402
 
 OLAH_START_TIMEOUT_S = 60.0

@@ -1,5 +1,5 @@
 """`KillSwitch`: a callback that SIGKILLs its own training process at one chosen point, for the fault campaign
-(tests/test_faults.py). It lands exactly where it is told to, through wrappers it installs at `setup`:
+(tests/lightning_modules/test_faults.py). It lands exactly where it is told to, through wrappers it installs at `setup`:
 
 - "train_step": after the backward of the `at`-th training batch of this process, before the optimiser update;
 - "checkpoint_write": during the `at`-th `torch.save` of this process (the checkpoint plugin's temporary file):

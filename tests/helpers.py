@@ -19,6 +19,7 @@ import pytest
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TESTS_DIR = Path(__file__).resolve().parent
+LIGHTNING_TESTS_DIR = TESTS_DIR / "lightning_modules"  # the tests of lightning_modules/ (their stand-ins too)
 RESULT_PREFIX = "RESULT-JSON: "
 TEST_TOKEN = "hf_test_token"  # what the hub fixtures' clients send as HF_TOKEN
 
@@ -56,8 +57,9 @@ def hub_env(endpoint: str, hf_home: Path | str, token: str | None = None, **extr
         NO_PROXY=",".join(filter(None, ["127.0.0.1,localhost", env.get("NO_PROXY")])),
         no_proxy=",".join(filter(None, ["127.0.0.1,localhost", env.get("no_proxy")])),
     )
-    # the project and the tests dir importable, whatever the subprocess's cwd
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), str(TESTS_DIR), env.get("PYTHONPATH")]))
+    # the project and the tests dirs importable, whatever the subprocess's cwd
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), str(TESTS_DIR), str(LIGHTNING_TESTS_DIR),
+                                                      env.get("PYTHONPATH")]))
     if token is not None:
         env["HF_TOKEN"] = token
     env.update({k: str(v) for k, v in extra.items()})

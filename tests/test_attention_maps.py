@@ -20,7 +20,7 @@ from hf_transformer import (
     train_tokenizer,
 )
 from hf_transformer.attention_maps import attention_maps, figure_pixels
-from lightning_modules.synthetic import english_number, german_number
+from lightning_modules.data.synthetic import english_number, german_number
 
 SOURCE = "four hundred twenty-one"
 

@@ -19,19 +19,15 @@ from hf_transformer import (
     VaswaniForImageCaptioning,
     VaswaniImageProcessor,
 )
-from lightning_modules.captioning import (
-    CaptioningDataModule,
-    ShapesCaptioningDataModule,
-    caption_scores,
-    most_common_caption,
-)
-from lightning_modules.shapes import (
+from lightning_modules.data import CaptioningDataModule, ShapesCaptioningDataModule
+from lightning_modules.data.shapes import (
     all_scenes,
     captions_of,
     render,
     scene_splits,
     write_shapes_dataset,
 )
+from lightning_modules.tasks.captioning import caption_scores, most_common_caption
 
 IMAGE_SIZE = 16
 
@@ -289,7 +285,7 @@ def test_data_module_reads_a_hub_dataset_through_the_mirror(hub_mirror, shapes_f
     snippet = f"""
 import json
 import pytest
-from lightning_modules.captioning import CaptioningDataModule
+from lightning_modules.data import CaptioningDataModule
 data = CaptioningDataModule("someone/shapes-captions", caption_column=["caption_0", "caption_1"],
                             image_size={IMAGE_SIZE}, vocab_size=300, eval_batch_size=4, cache_dir={str(tmp_path / "cache")!r})
 batch = next(iter(data.val_dataloader()))

@@ -20,9 +20,9 @@ from hypothesis import HealthCheck, given, settings
 from transformers import pipeline
 
 from data_utils import multi30k_lines
-from fuzz_cases import Tally, check_generate, check_translate, generate_strategy, translate_strategy
 from model_utils import tiny_model
 
+from benchmarks.fuzz_cases import Tally, check_generate, check_translate, generate_strategy, translate_strategy
 from hf_transformer import iter_parallel_texts, train_tokenizer, translate
 
 MAX_POSITIONS = 24  # short outputs (at most 24 tokens): the test stays fast

@@ -4,9 +4,9 @@ import math
 
 import pytest
 import torch
+from benchmarks.common import marian_twin
 from model_utils import source_batch, tiny_config, tiny_model
 from torch import nn
-from transformers import MarianConfig, MarianMTModel
 
 from hf_transformer import VaswaniConfig, VaswaniForConditionalGeneration, shift_tokens_right
 from hf_transformer.attention_vaswani import padding_mask
@@ -90,28 +90,6 @@ def test_decoder_layer_matches_torch(normalize_before):
 # ---------------------------------------------------------------------------------------------------------------
 # Parity with HF MarianMTModel of the same configuration (weights and positional table copied)
 # ---------------------------------------------------------------------------------------------------------------
-
-
-def marian_twin(model: VaswaniForConditionalGeneration) -> MarianMTModel:
-    c = model.config
-    marian = MarianMTModel(MarianConfig(
-        vocab_size=c.vocab_size, d_model=c.d_model, encoder_layers=c.encoder_layers, decoder_layers=c.decoder_layers,
-        encoder_attention_heads=c.encoder_attention_heads, decoder_attention_heads=c.decoder_attention_heads,
-        encoder_ffn_dim=c.encoder_ffn_dim, decoder_ffn_dim=c.decoder_ffn_dim, activation_function="relu",
-        max_position_embeddings=c.max_position_embeddings, scale_embedding=True, dropout=0.0,
-        pad_token_id=c.pad_token_id, eos_token_id=c.eos_token_id, decoder_start_token_id=c.decoder_start_token_id,
-        forced_eos_token_id=None, share_encoder_decoder_embeddings=True, tie_word_embeddings=True,
-    )).eval()
-    missing, unexpected = marian.load_state_dict(model.state_dict(), strict=False)
-    assert not unexpected, unexpected
-    assert set(missing) <= {"final_logits_bias", "model.encoder.embed_positions.weight",
-                            "model.decoder.embed_positions.weight"}, missing
-    with torch.no_grad():  # Marian's table is split sin | cos; ours is interleaved as in §3.5: copy ours
-        table = sinusoidal_table(c.max_position_embeddings, c.d_model)
-        marian.model.encoder.embed_positions.weight.copy_(table)
-        marian.model.decoder.embed_positions.weight.copy_(table)
-        marian.final_logits_bias.zero_()
-    return marian
 
 
 @pytest.mark.parametrize("attn_implementation", ["eager", "sdpa"])

@@ -3,8 +3,6 @@ of the training module, and the benchmarks' own arithmetic (FLOPs, batches, the 
 are measured by benchmarks/, never here."""
 
 import copy
-import sys
-from pathlib import Path
 
 import torch
 from model_utils import reverse_task_batch, source_batch, tiny_config, tiny_model
@@ -12,11 +10,10 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 from transformers import DynamicCache, EncoderDecoderCache
 
+from benchmarks import common
 from hf_transformer import VaswaniForConditionalGeneration
 from lightning_modules.schedules import paper_adam
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-import common  # noqa: E402  (benchmarks/common.py)
 
 
 def padded_batch():
@@ -98,15 +95,16 @@ def test_paper_adam_is_fused_on_plain_tensors_and_steps_like_the_loop_version():
 
 
 def test_translation_module_compile_option(monkeypatch):
-    from lightning_modules.module import TranslationModule
+    from lightning_modules.tasks import TranslationModule
 
     compiled_calls = []
     monkeypatch.setattr(torch, "compile", lambda fn, **kw: compiled_calls.append(fn) or fn)
-    sizes = dict(vocab_size=101, d_model=32, encoder_layers=1, decoder_layers=1, attention_heads=4, ffn_dim=64)
-    auto = TranslationModule(**sizes)
+    sizes = dict(vocab_size=101, d_model=32, encoder_layers=1, decoder_layers=1, encoder_attention_heads=4,
+                 decoder_attention_heads=4, encoder_ffn_dim=64, decoder_ffn_dim=64)
+    auto = TranslationModule(model_config=sizes)
     auto.on_fit_start()  # on CPU: auto is off
     assert auto.compiled_forward is None and compiled_calls == []
-    forced = TranslationModule(**sizes, compile=True)
+    forced = TranslationModule(model_config=sizes, compile=True)
     forced.on_fit_start()
     assert compiled_calls == [forced.model.forward] and forced.compiled_forward is not None
     assert "compile" not in forced.hparams  # a runtime choice, not part of the checkpointed model description

@@ -13,10 +13,8 @@ from lightning.pytorch import Trainer
 
 from hf_transformer import train_tokenizer
 from lightning_modules.callbacks import HFExportCallback
-from lightning_modules.language_modeling import (
-    CausalLanguageModule,
-    LanguageModelingDataModule,
-)
+from lightning_modules.data import LanguageModelingDataModule
+from lightning_modules.tasks import CausalLanguageModule
 
 WORDS = ["a dog runs in the park", "two men play football on the grass", "a woman rides a red bicycle",
          "children swim in a blue lake", "a cat sleeps on the sofa"]
@@ -109,10 +107,10 @@ def test_the_module_learns_reports_perplexity_and_exports(tmp_path, tokenizer_di
     data = data_module(tmp_path, tokenizer_dir)
     torch.manual_seed(0)
     module = CausalLanguageModule(
-        vocab_size=data.vocab_size, d_model=32, decoder_layers=2, attention_heads=4, ffn_dim=64, dropout=0.0,
-        max_position_embeddings=64, position_embedding_type="relative", max_relative_position=8,
-        optimizer=lambda params: torch.optim.Adam(params, lr=5e-3),
-        lr_scheduler=lambda optimizer: torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0),
+        model_config=dict(d_model=32, decoder_layers=2, decoder_attention_heads=4, decoder_ffn_dim=64, dropout=0.0,
+                          max_position_embeddings=64, position_embedding_type="relative", max_relative_position=8),
+        tokenizer_fields=data.tokenizer_fields, optimizer=lambda params: torch.optim.Adam(params, lr=5e-3),
+        lr_scheduler=lambda optimizer, d_model: torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0),
     )
     assert module.model.config.is_encoder_decoder is False
     trainer = Trainer(accelerator="cpu", max_steps=30, val_check_interval=30, check_val_every_n_epoch=None,

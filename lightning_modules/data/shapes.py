@@ -151,7 +151,8 @@ def _write_splits(folder: Path, num_train: int, num_validation: int, num_test: i
         table.to_parquet(str(partial / "data" / f"{split}-00000-of-00001.parquet"))
     entries = "".join(f"  - split: {split}\n    path: data/{split}-*.parquet\n" for split in sizes)
     (partial / "README.md").write_text(f"---\nconfigs:\n- config_name: default\n  data_files:\n{entries}---\n"
-                                       "Generated coloured-shapes captioning corpus (lightning_modules/shapes.py).\n")
+                                       "Generated coloured-shapes captioning corpus "
+                                       "(lightning_modules/data/shapes.py).\n")
     os.replace(partial, folder)
 
 

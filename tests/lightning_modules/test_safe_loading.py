@@ -39,7 +39,7 @@ from test_callbacks import TinyDataModule, TinyTranslationModule, make_trainer
 
 import hf_transformer
 from hf_transformer import VaswaniConfig
-from lightning_modules.average import average_checkpoints, export_average
+from lightning_modules.callbacks.averaging import average_checkpoints, export_average
 from lightning_modules.callbacks import CheckpointAveragingCallback, HFExportCallback
 from lightning_modules.checkpointing import AtomicCheckpointIO, CheckpointLoadError, load_checkpoint_file
 
@@ -176,7 +176,7 @@ def test_export_averaging_and_resume_write_safetensors_and_read_weights_only(tra
         TinyTranslationModule(), TinyDataModule(batches=4), ckpt_path=str(root / "checkpoints" / "last.ckpt"))
     steps = sorted((root / "checkpoints").glob("epoch=*.ckpt"))
     assert len(steps) == 3
-    export_average(steps, tmp_path / "averaged", tokenizer=root / "hf_model", module_class=TinyTranslationModule)
+    export_average(steps, tmp_path / "averaged", tokenizer=root / "hf_model")
     assert flags and all(flag is True for flag in flags), flags
 
     folders = [root / "hf_model", root / "hf_model_averaged", root / "resumed" / "hf_model", tmp_path / "averaged"]

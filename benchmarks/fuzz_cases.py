@@ -1,4 +1,5 @@
-"""Bad-input fuzzing shared by tests/test_fuzz_data.py, tests/test_fuzz_generation.py and benchmarks/fuzz_report.py.
+"""Bad-input fuzzing shared by benchmarks/fuzz_report.py, tests/lightning_modules/test_fuzz_data.py and
+tests/test_fuzz_generation.py.
 
 Each generated case is checked against an oracle that states, from the documented rules alone, what must happen:
 either the input is handled (every planted row counted in the cleaning report under the right key, every kept row's
@@ -170,70 +171,79 @@ def _text_file_bytes(lines: list[str], crlf: bool, bom: bool, final_newline: boo
     return ("\ufeff" if bom else "").encode() + text.encode("utf-8")
 
 
-def write_corpus(case: CorpusCase, folder: Path) -> dict[str, Any]:
-    """Write `case` under `folder`; returns the data module arguments (data_files, languages)."""
+def write_text_corpus(case: CorpusCase, folder: Path) -> list[str]:
+    """`case` as a pair of aligned plain-text files (gzipped for "text.gz"); returns their paths."""
+    source_lines = [s or "" for s, _ in case.rows]
+    target_lines = [t or "" for _, t in case.rows]
+    if case.fault == "misaligned":
+        extra = ["An extra line.", "Noch eine Zeile.", "Third.", "Vierte."]
+        target_lines = (target_lines[: case.misaligned_by] if case.misaligned_by < 0
+                        else target_lines + extra[: case.misaligned_by])
+    final_newline = case.final_newline
+    if not final_newline and (not source_lines or not source_lines[-1] or not target_lines or not target_lines[-1]):
+        final_newline = case.final_newline = True  # a last empty line needs its "\n" to exist at all
+    source_bytes = _text_file_bytes(source_lines, case.crlf, case.bom, final_newline)
+    target_bytes = _text_file_bytes(target_lines, case.crlf, case.bom, final_newline)
+    if case.fault == "invalid_utf8":  # planted at the start of line `fault_row` of the source file
+        offset = sum(len(line.encode()) + (2 if case.crlf else 1) for line in source_lines[: case.fault_row])
+        offset += 3 if case.bom else 0
+        source_bytes = source_bytes[:offset] + case.invalid_bytes + source_bytes[offset:]
+    suffix = ".gz" if case.format == "text.gz" else ""
+    paths = [folder / f"corpus.de{suffix}", folder / f"corpus.en{suffix}"]
+    for path, data in zip(paths, (source_bytes, target_bytes)):
+        path.write_bytes(gzip.compress(data, mtime=0) if suffix else data)
+    return [str(p) for p in paths]
+
+
+def write_jsonl_corpus(case: CorpusCase, path: Path, source_key: str, target_key: str) -> None:
+    lines = []
+    for index, (source, target) in enumerate(case.rows):
+        pair = {key: value for key, value in ((source_key, source), (target_key, target)) if value is not None}
+        if case.fault == "non_text_value" and index == case.fault_row:
+            pair[source_key] = 42
+        row = {"translation": pair} if case.format == "jsonl-translation" else pair
+        lines.append(json.dumps(row, ensure_ascii=False).encode("utf-8"))
+    if case.fault == "invalid_utf8":  # inside the row's first string value
+        line = lines[case.fault_row]
+        quote = line.index(b'": "') + 4 if b'": "' in line else None
+        if quote is None:  # a row with no string value: give it one
+            line = b'{"de": "", "en": ""}' if case.format == "jsonl" else b'{"translation": {"de": ""}}'
+            quote = line.index(b'": "') + 4
+        lines[case.fault_row] = line[:quote] + case.invalid_bytes + line[quote:]
+    path.write_bytes(b"\n".join(lines) + b"\n")
+
+
+def write_parquet_corpus(case: CorpusCase, path: Path, source_key: str, target_key: str) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    sources, targets = [s for s, _ in case.rows], [t for _, t in case.rows]
+    if case.fault == "non_text_value":
+        source_column = pa.array(list(range(len(sources))), pa.int64())
+    else:
+        source_column = pa.array(sources, pa.string())
+    target_column = pa.array(targets, pa.string())
+    if case.format == "parquet-translation":
+        table = pa.table({"translation": pa.StructArray.from_arrays([source_column, target_column],
+                                                                    names=[source_key, target_key])})
+    else:
+        table = pa.table({source_key: source_column, target_key: target_column})
+    pq.write_table(table, path)
+
+
+def write_corpus(case: CorpusCase, folder: Path) -> dict[str, Any]:
+    """Write `case` under `folder`; returns the data module arguments (data_files, languages)."""
     folder.mkdir(parents=True, exist_ok=True)
     arguments: dict[str, Any] = {"source_lang": "de", "target_lang": "en"}
-    sources = [s for s, _ in case.rows]
-    targets = [t for _, t in case.rows]
+    keys = ("german", "english") if case.fault == "renamed_columns" else ("de", "en")
     if case.format.startswith("text"):
-        source_lines = [s or "" for s in sources]
-        target_lines = [t or "" for t in targets]
-        if case.fault == "misaligned":
-            extra = ["An extra line.", "Noch eine Zeile.", "Third.", "Vierte."]
-            target_lines = (target_lines[: case.misaligned_by] if case.misaligned_by < 0
-                            else target_lines + extra[: case.misaligned_by])
-        final_newline = case.final_newline
-        if not final_newline and (not source_lines or not source_lines[-1] or not target_lines
-                                  or not target_lines[-1]):
-            final_newline = case.final_newline = True  # a last empty line needs its "\n" to exist at all
-        source_bytes = _text_file_bytes(source_lines, case.crlf, case.bom, final_newline)
-        target_bytes = _text_file_bytes(target_lines, case.crlf, case.bom, final_newline)
-        if case.fault == "invalid_utf8":  # planted at the start of line `fault_row` of the source file
-            offset = sum(len(line.encode()) + (2 if case.crlf else 1) for line in source_lines[: case.fault_row])
-            offset += 3 if case.bom else 0
-            source_bytes = source_bytes[:offset] + case.invalid_bytes + source_bytes[offset:]
-        suffix = ".gz" if case.format == "text.gz" else ""
-        paths = [folder / f"corpus.de{suffix}", folder / f"corpus.en{suffix}"]
-        for path, data in zip(paths, (source_bytes, target_bytes)):
-            path.write_bytes(gzip.compress(data, mtime=0) if suffix else data)
-        arguments["data_files"] = {"train": [str(p) for p in paths]}
+        arguments["data_files"] = {"train": write_text_corpus(case, folder)}
+    elif case.format.startswith("jsonl"):
+        write_jsonl_corpus(case, folder / "corpus.jsonl", *keys)
+        arguments["data_files"] = {"train": str(folder / "corpus.jsonl")}
     else:
-        source_key, target_key = ("german", "english") if case.fault == "renamed_columns" else ("de", "en")
-        if case.format.startswith("jsonl"):
-            lines = []
-            for index, (source, target) in enumerate(case.rows):
-                pair = {key: value for key, value in ((source_key, source), (target_key, target)) if value is not None}
-                if case.fault == "non_text_value" and index == case.fault_row:
-                    pair[source_key] = 42
-                row = {"translation": pair} if case.format == "jsonl-translation" else pair
-                lines.append(json.dumps(row, ensure_ascii=False).encode("utf-8"))
-            if case.fault == "invalid_utf8":  # inside the row's first string value
-                line = lines[case.fault_row]
-                quote = line.index(b'": "') + 4 if b'": "' in line else None
-                if quote is None:  # a row with no string value: give it one
-                    line = b'{"de": "", "en": ""}' if case.format == "jsonl" else b'{"translation": {"de": ""}}'
-                    quote = line.index(b'": "') + 4
-                lines[case.fault_row] = line[:quote] + case.invalid_bytes + line[quote:]
-            path = folder / "corpus.jsonl"
-            path.write_bytes(b"\n".join(lines) + b"\n")
-        else:
-            if case.fault == "non_text_value":
-                source_column = pa.array(list(range(len(sources))), pa.int64())
-            else:
-                source_column = pa.array(sources, pa.string())
-            target_column = pa.array(targets, pa.string())
-            if case.format == "parquet-translation":
-                table = pa.table({"translation": pa.StructArray.from_arrays(
-                    [source_column, target_column], names=[source_key, target_key])})
-            else:
-                table = pa.table({source_key: source_column, target_key: target_column})
-            path = folder / "corpus.parquet"
-            pq.write_table(table, path)
-        arguments["data_files"] = {"train": str(path)}
+        write_parquet_corpus(case, folder / "corpus.parquet", *keys)
+        arguments["data_files"] = {"train": str(folder / "corpus.parquet")}
     if case.fault == "misspelled_language":
         arguments["source_lang"] = case.wrong_language
     return arguments

@@ -2,13 +2,10 @@
 sequences of L tokens keeps its loss on positions L..2L within 10% of its loss on 0..L (Music Transformer's claim)."""
 
 import json
-import sys
 
 import pytest
-from helpers import REPO_ROOT
 
-sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
-import length_generalization
+from benchmarks import length_generalization
 
 
 @pytest.mark.slow

@@ -1,4 +1,4 @@
-"""Tests of `TokenBudgetBatchSampler` (`lightning_modules/sampler.py`) on the token lengths of real Multi30k text.
+"""Tests of `TokenBudgetBatchSampler` (`lightning_modules/data/sampler.py`) on the token lengths of real Multi30k text.
 
 Expected behaviour: the order is a pure function of (seed, epoch) and never touches the global RNG; every example
 appears exactly once per epoch; no batch costs more than `max_tokens` padded tokens; under DDP the ranks get
@@ -16,7 +16,7 @@ from torch.utils.data import DistributedSampler
 from data_utils import multi30k_lines
 
 from hf_transformer.tokenization_vaswani import iter_parallel_texts, train_tokenizer
-from lightning_modules.sampler import TokenBudgetBatchSampler, padding_fraction
+from lightning_modules.data.sampler import TokenBudgetBatchSampler, padding_fraction
 
 MAX_TOKENS = 4096
 

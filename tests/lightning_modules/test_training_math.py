@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from lightning_modules.module import label_smoothed_loss
+from lightning_modules.tasks.metrics import label_smoothed_loss
 from lightning_modules.schedules import InverseSquareRootLR, paper_adam
 
 
@@ -57,7 +57,7 @@ def test_corpus_bleu_scores_and_keeps_no_tokenized_lines():
     import sacrebleu
     from sacrebleu.tokenizers.tokenizer_13a import Tokenizer13a
 
-    from lightning_modules.module import corpus_bleu
+    from lightning_modules.tasks.metrics import corpus_bleu
 
     hypotheses = [f"a small dog number {i} runs home" for i in range(200)]
     references = [f"a small dog number {i} runs to its home" for i in range(200)]

@@ -2,9 +2,9 @@
 atomic checkpoint plugin, with real `Trainer.fit` runs of a tiny stand-in module on CPU.
 
 The stand-ins follow the interface of `TranslationModule` / `TranslationDataModule` that the callbacks rely on:
-`module.model` (the HF model), `module.bleu_signature`, logged `val/bleu`, `build_model_from_hparams`, and
-`datamodule.tokenizer` / `dataset_name` / `source_lang` / `target_lang`. Hub runs happen in a subprocess (see
-helpers.py): they import this file to get the stand-ins.
+`module.model` (the HF model), `module.bleu_signature`, logged `val/bleu`, the model's class and configuration in
+every checkpoint (`describe_model`), and `datamodule.tokenizer` / `dataset_name` / `source_lang` / `target_lang`.
+Hub runs happen in a subprocess (see helpers.py): they import this file to get the stand-ins.
 """
 
 from __future__ import annotations
@@ -26,19 +26,18 @@ from torch.utils.data import DataLoader
 
 import hf_transformer  # noqa: F401  (registers the Auto classes)
 from hf_transformer import VaswaniConfig, VaswaniForConditionalGeneration, train_tokenizer
-from lightning_modules.average import average_checkpoints, export_average, find_checkpoints, main as average_main
-from lightning_modules.callbacks import (
-    CheckpointAveragingCallback,
-    HFExportCallback,
-    HubPushCallback,
-    redact_command,
-)
+from lightning_modules.average import main as average_main
+from lightning_modules.callbacks import CheckpointAveragingCallback, HFExportCallback, HubPushCallback
+from lightning_modules.callbacks.averaging import average_checkpoints, export_average, find_checkpoints
 from lightning_modules.checkpointing import (
+    MODEL_KEY,
     AtomicCheckpointIO,
     CheckpointLoadError,
+    describe_model,
     load_checkpoint_file,
     recover_directory,
 )
+from lightning_modules.redaction import redact_command
 
 SIGNATURE = "nrefs:1|case:mixed|eff:no|tok:13a|smooth:exp|version:2.6.0"
 TEXTS = [
@@ -92,17 +91,15 @@ class TinyTranslationModule(L.LightningModule):
                  bleu_schedule: list[float] | None = None) -> None:
         super().__init__()
         self.save_hyperparameters()
-        self.model = self.build_model_from_hparams(dict(self.hparams))
+        self.model = VaswaniForConditionalGeneration(VaswaniConfig(
+            vocab_size=vocab_size, d_model=d_model, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2,
+            decoder_attention_heads=2, encoder_ffn_dim=64, decoder_ffn_dim=64, max_position_embeddings=64, dropout=0.0,
+        ))
         self.bleu_signature: str | None = None
         self.validations = 0
 
-    @classmethod
-    def build_model_from_hparams(cls, hparams: dict) -> VaswaniForConditionalGeneration:
-        return VaswaniForConditionalGeneration(VaswaniConfig(
-            vocab_size=hparams["vocab_size"], d_model=hparams["d_model"], encoder_layers=1, decoder_layers=1,
-            encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=64, decoder_ffn_dim=64,
-            max_position_embeddings=64, dropout=0.0,
-        ))
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint[MODEL_KEY] = describe_model(self.model)  # what checkpoint averaging rebuilds the model from
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         loss = self.model(**batch).loss
@@ -359,7 +356,7 @@ def test_average_command_line(averaged_run, tmp_path):
     out = tmp_path / "cli_avg"
     proc = subprocess.run(
         [sys.executable, "-m", "lightning_modules.average", "--checkpoint-dir", str(root / "checkpoints"),
-         "--last", "3", "--output", str(out), "--module-class", "test_callbacks.TinyTranslationModule"],
+         "--last", "3", "--output", str(out)],
         env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120,
     )
     assert proc.returncode == 0, proc.stderr
@@ -372,8 +369,7 @@ def test_average_command_line(averaged_run, tmp_path):
     # in-process, explicit files and tokenizer; a corrupt file is a clean error (exit code 1), not a traceback
     explicit = tmp_path / "explicit"
     code = average_main(["--checkpoints", *map(str, averaging.averaged_paths[1:]), "--output", str(explicit),
-                         "--tokenizer", str(root / "hf_model"),
-                         "--module-class", "test_callbacks.TinyTranslationModule"])
+                         "--tokenizer", str(root / "hf_model")])
     assert code == 0 and (explicit / "model.safetensors").is_file()
     broken = tmp_path / "broken.ckpt"
     broken.write_bytes(b"")
@@ -388,7 +384,7 @@ def test_export_average_needs_a_tokenizer(averaged_run, tmp_path):
     lonely.parent.mkdir()
     lonely.write_bytes(averaging.averaged_paths[0].read_bytes())
     with pytest.raises(FileNotFoundError, match="--tokenizer"):
-        export_average([lonely], tmp_path / "out", module_class=TinyTranslationModule)
+        export_average([lonely], tmp_path / "out")
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lightning_modules.data import TranslationDataModule
+from .translation import TranslationDataModule
 
 LARGEST = 999_999
 

@@ -47,6 +47,38 @@ def padding_fraction(
     return 0.0 if slots == 0 else (slots - tokens) / slots
 
 
+def check_arguments(lengths: Any, max_tokens: int | None, batch_size: int | None, seed: int, num_replicas: int,
+                    rank: int, drop_last: bool) -> None:
+    """Raise a TypeError / ValueError naming the first bad argument of `TokenBudgetBatchSampler` and the fix."""
+    if isinstance(lengths, Sampler):
+        # Lightning re-instantiates a batch sampler with its DistributedSampler as first argument when the
+        # trainer has `use_distributed_sampler=True`: that would silently give every rank the wrong batches.
+        raise TypeError(
+            "TokenBudgetBatchSampler got a sampler instead of per-example lengths: Lightning is trying to inject "
+            "its DistributedSampler. This sampler shards across ranks itself: create the Trainer with "
+            "`use_distributed_sampler=False` (YAML: `trainer: {use_distributed_sampler: false}`)."
+        )
+    if (max_tokens is None) == (batch_size is None):
+        raise ValueError(
+            f"give exactly one of max_tokens (token budget per batch) and batch_size (examples per batch), got "
+            f"max_tokens={max_tokens!r} and batch_size={batch_size!r}"
+        )
+    for name, value in (("max_tokens", max_tokens), ("batch_size", batch_size)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ValueError(f"{name} must be a positive int, got {value!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"seed must be an int >= 0, got {seed!r}")
+    if isinstance(num_replicas, bool) or not isinstance(num_replicas, int) or num_replicas < 1:
+        raise ValueError(f"num_replicas must be an int >= 1, got {num_replicas!r}")
+    if isinstance(rank, bool) or not isinstance(rank, int) or not 0 <= rank < num_replicas:
+        raise ValueError(f"rank must be an int in [0, num_replicas={num_replicas}), got {rank!r}")
+    if drop_last and max_tokens is not None:
+        raise ValueError(
+            "drop_last=True only applies with batch_size (it drops the last, smaller batch); token-budget "
+            "batches are filled up to max_tokens already: leave drop_last=False"
+        )
+
+
 class TokenBudgetBatchSampler(Sampler[list[int]]):
     """Yields lists of example indices: length-bucketed batches of at most `max_tokens` padded tokens.
 
@@ -89,34 +121,8 @@ class TokenBudgetBatchSampler(Sampler[list[int]]):
         rank: int = 0,
         drop_last: bool = False,
     ) -> None:
-        if isinstance(lengths, Sampler):
-            # Lightning re-instantiates a batch sampler with its DistributedSampler as first argument when the
-            # trainer has `use_distributed_sampler=True`: that would silently give every rank the wrong batches.
-            raise TypeError(
-                "TokenBudgetBatchSampler got a sampler instead of per-example lengths: Lightning is trying to inject "
-                "its DistributedSampler. This sampler shards across ranks itself: create the Trainer with "
-                "`use_distributed_sampler=False` (YAML: `trainer: {use_distributed_sampler: false}`)."
-            )
+        check_arguments(lengths, max_tokens, batch_size, seed, num_replicas, rank, drop_last)
         source, target = self._split_lengths(lengths)
-        if (max_tokens is None) == (batch_size is None):
-            raise ValueError(
-                f"give exactly one of max_tokens (token budget per batch) and batch_size (examples per batch), got "
-                f"max_tokens={max_tokens!r} and batch_size={batch_size!r}"
-            )
-        for name, value in (("max_tokens", max_tokens), ("batch_size", batch_size)):
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
-        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-            raise ValueError(f"seed must be an int >= 0, got {seed!r}")
-        if isinstance(num_replicas, bool) or not isinstance(num_replicas, int) or num_replicas < 1:
-            raise ValueError(f"num_replicas must be an int >= 1, got {num_replicas!r}")
-        if isinstance(rank, bool) or not isinstance(rank, int) or not 0 <= rank < num_replicas:
-            raise ValueError(f"rank must be an int in [0, num_replicas={num_replicas}), got {rank!r}")
-        if drop_last and max_tokens is not None:
-            raise ValueError(
-                "drop_last=True only applies with batch_size (it drops the last, smaller batch); token-budget "
-                "batches are filled up to max_tokens already: leave drop_last=False"
-            )
 
         self.source_lengths = source
         self.target_lengths = target
@@ -129,15 +135,14 @@ class TokenBudgetBatchSampler(Sampler[list[int]]):
         self.rank = rank
         self.drop_last = drop_last
 
-        if max_tokens is not None:
-            too_long = np.flatnonzero(self.costs > max_tokens)
-            if too_long.size:
-                index = int(too_long[0])
-                raise ValueError(
-                    f"example {index} has length {int(self.costs[index])} tokens (source {int(source[index])}, "
-                    f"target {int(target[index])}), over the batch budget max_tokens={max_tokens} "
-                    f"({too_long.size} example(s) are): raise max_tokens, or drop/truncate examples longer than it"
-                )
+        too_long = np.flatnonzero(self.costs > max_tokens) if max_tokens is not None else []
+        if len(too_long):
+            index = int(too_long[0])
+            raise ValueError(
+                f"example {index} has length {int(self.costs[index])} tokens (source {int(source[index])}, "
+                f"target {int(target[index])}), over the batch budget max_tokens={max_tokens} "
+                f"({len(too_long)} example(s) are): raise max_tokens, or drop/truncate examples longer than it"
+            )
         self._boundaries = self._batch_boundaries(np.sort(self.costs, kind="stable"))
         num_batches = len(self._boundaries) - 1
         if num_batches < num_replicas:

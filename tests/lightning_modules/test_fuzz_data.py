@@ -20,8 +20,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 
 from data_utils import multi30k_lines
-from fuzz_cases import FORMATS, Tally, check_corpus, corpus_strategy
 
+from benchmarks.fuzz_cases import FORMATS, Tally, check_corpus, corpus_strategy
 from hf_transformer import iter_parallel_texts, train_tokenizer
 
 EXAMPLES_PER_FORMAT = 10
@@ -66,7 +66,7 @@ def test_bad_corpora_are_counted_or_refused_clearly(fuzz_env, format_):
 def test_planted_rows_of_every_kind_are_counted(fuzz_env):
     """One hand-written corpus per format with every row kind planted at a known place: a fixed point next to the
     generated ones, so that each kind is certainly exercised in every format."""
-    from fuzz_cases import LONG_LINE_CHARS, CorpusCase
+    from benchmarks.fuzz_cases import LONG_LINE_CHARS, CorpusCase
 
     real = fuzz_env["pairs"]
     rows = [real[0], ("", real[1][1]), (real[2][0], " \u3000\t"), ("\x00\x1b[31m" + real[3][0], real[3][1] + "\u202e"),

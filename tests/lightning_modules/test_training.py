@@ -57,11 +57,13 @@ def tiny_run_config(run: Path, cache: Path, dropout: float, batch_size: int, ext
                                          "save_top_k": -1, "save_last": True, "filename": "{step}"}},
                           *extra_callbacks],
         },
-        "model": {"d_model": 32, "encoder_layers": 2, "decoder_layers": 2, "attention_heads": 4, "ffn_dim": 64,
-                  "dropout": dropout, "max_position_embeddings": 64, "validation_num_beams": 1,
+        "model": {"model_config": {"d_model": 32, "encoder_layers": 2, "decoder_layers": 2,
+                                   "encoder_attention_heads": 4, "decoder_attention_heads": 4, "encoder_ffn_dim": 64,
+                                   "decoder_ffn_dim": 64, "dropout": dropout, "max_position_embeddings": 64},
+                  "validation_num_beams": 1,
                   "lr_scheduler": {"class_path": "lightning_modules.schedules.InverseSquareRootLR",
                                    "init_args": {"warmup_steps": 10, "peak_lr": 3e-3}}},
-        "data": {"class_path": "lightning_modules.synthetic.NumbersDataModule",
+        "data": {"class_path": "lightning_modules.data.NumbersDataModule",
                  "init_args": {"num_train": 2000, "num_validation": 100, "num_test": 50, "vocab_size": 300,
                                "batch_size": batch_size, "max_tokens": None, "eval_batch_size": 50,
                                "cache_dir": str(cache), "source_lang": "de", "target_lang": "en"}},
@@ -122,6 +124,32 @@ def test_a_run_killed_mid_epoch_resumes_to_the_same_losses(tmp_path):
     assert len((tmp_path / "predictions.txt").read_text().splitlines()) == 4  # one line per source line
 
 
+@pytest.mark.parametrize("variant", [{"position_embedding_type": "relative", "max_relative_position": 8},
+                                     {"attention_type": "local", "local_block_length": 4, "local_memory_length": 4}],
+                         ids=["relative", "local"])
+def test_a_translation_run_trains_with_either_attention_variant(tmp_path_factory, variant):
+    """The variants are `VaswaniConfig` fields, so a translation recipe takes them under model_config like any other
+    field: the run learns, validates (beam search with the variant's cache) and exports a model that has them."""
+    from transformers import AutoConfig
+
+    import hf_transformer  # noqa: F401  (registers the Auto classes)
+
+    tmp_path = tmp_path_factory.mktemp("variant")
+    config = tiny_run_config(tmp_path / "run", tmp_path_factory.getbasetemp() / "variant-cache", dropout=0.0,
+                             batch_size=16)
+    config["model"]["model_config"].update(variant)
+    config["trainer"].update(max_steps=12, val_check_interval=12)
+    config["trainer"]["callbacks"] = [{"class_path": "lightning_modules.callbacks.HFExportCallback",
+                                       "init_args": {"dirpath": str(tmp_path / "run/hf_model")}}]
+    check(run_cli(["fit", "--config", write_config(tmp_path / "variant.yaml", config)], tmp_path))
+    rows = metrics(tmp_path / "run/csv/version_0/metrics.csv")
+    losses = {step: float(value) for step, value in series(rows, "train/loss").items()}
+    assert len(losses) == 12 and losses[11] < losses[0]  # it learns
+    assert 0.0 <= float(series(rows, "val/bleu")[11]) <= 100.0 and series(rows, "val/sentences")[11] == "100.0"
+    exported = AutoConfig.from_pretrained(tmp_path / "run/hf_model")
+    assert {key: getattr(exported, key) for key in variant} == variant
+
+
 def test_multi30k_recipe_from_a_local_hub_mirror_learns(tmp_path, hub_mirror):
     """The multi30k_de_en recipe unchanged but for its size and length: `bentrevett/multi30k` is served by an olah
     mirror of a hub-layout copy of ../shared/data/multi30k, and the run reads it through HF_ENDPOINT."""
@@ -129,9 +157,11 @@ def test_multi30k_recipe_from_a_local_hub_mirror_learns(tmp_path, hub_mirror):
     hub_mirror.add_repo("dataset", "bentrevett/multi30k", tmp_path / "multi30k")
     recipe = REPO_ROOT / "recipes/configs/multi30k_de_en.yaml"
     args = ["fit", "--config", str(recipe), "--trainer.accelerator", "cpu", "--trainer.precision", "32-true",
-            "--trainer.max_steps", "400", "--trainer.val_check_interval", "200", "--model.d_model", "128",
-            "--model.encoder_layers", "2", "--model.decoder_layers", "2", "--model.attention_heads", "4",
-            "--model.ffn_dim", "256", "--model.lr_scheduler.init_args.warmup_steps", "100",
+            "--trainer.max_steps", "400", "--trainer.val_check_interval", "200", "--model.model_config.d_model", "128",
+            "--model.model_config.encoder_layers", "2", "--model.model_config.decoder_layers", "2",
+            "--model.model_config.encoder_attention_heads", "4", "--model.model_config.decoder_attention_heads", "4",
+            "--model.model_config.encoder_ffn_dim", "256", "--model.model_config.decoder_ffn_dim", "256",
+            "--model.lr_scheduler.init_args.warmup_steps", "100",
             "--model.lr_scheduler.init_args.peak_lr", "0.002", "--data.init_args.vocab_size", "4000",
             "--data.init_args.max_tokens", "4096"]
     result = run_cli(args, tmp_path, env=hub_mirror.env(tmp_path / "hf_home"), timeout=900)

@@ -1,26 +1,20 @@
 """Every recipe instantiates through the CLI: data module, model (with the tokenizer's ids linked in), trainer,
 callbacks and loggers. Hub datasets are not touched: a local tokenizer stands in for the one each recipe would train."""
 
-from pathlib import Path
-
 import pytest
 import yaml
+from helpers import REPO_ROOT
 
 from hf_transformer import train_tokenizer
 from lightning_modules.callbacks import HFExportCallback
-from lightning_modules.captioning import CaptioningDataModule, CaptioningModule
 from lightning_modules.cli import build_cli
-from lightning_modules.data import TranslationDataModule
-from lightning_modules.language_modeling import (
-    CausalLanguageModule,
-    LanguageModelingDataModule,
-)
-from lightning_modules.module import TranslationModule
+from lightning_modules.data import CaptioningDataModule, LanguageModelingDataModule, TranslationDataModule
+from lightning_modules.tasks import CaptioningModule, CausalLanguageModule, TranslationModule
 
-CONFIGS = sorted((Path(__file__).resolve().parents[1] / "recipes" / "configs").glob("*.yaml"))
+CONFIGS = sorted((REPO_ROOT / "recipes" / "configs").glob("*.yaml"))
 EXPECTED = {"quickstart", "multi30k_de_en", "multi30k_en_de", "iwslt_de_en", "wmt14_en_de_base", "wmt14_en_de_big"}
-EXPECTED |= {"captioning_shapes", "captioning_flickr8k"}  # image captioning (lightning_modules/captioning.py)
-EXPECTED |= {"causal_lm_relative", "causal_lm_multi30k_cpu"}  # decoder-only (lightning_modules/language_modeling.py)
+EXPECTED |= {"captioning_shapes", "captioning_flickr8k"}  # image captioning (lightning_modules/tasks/captioning.py)
+EXPECTED |= {"causal_lm_relative", "causal_lm_multi30k_cpu"}  # decoder-only (.../tasks/language_modeling.py)
 # (module, data module) pairs a recipe may instantiate
 MODULE_PAIRS = [(TranslationModule, TranslationDataModule), (CaptioningModule, CaptioningDataModule),
                 (CausalLanguageModule, LanguageModelingDataModule)]
@@ -53,10 +47,12 @@ def test_recipe_has_a_header_and_instantiates(config, tokenizer_dir, tmp_path, m
     model_config = cli.model.model.config
     assert model_config.vocab_size == len(cli.datamodule.tokenizer)  # linked from the data module
     model_args = recipe["model"].get("init_args", recipe["model"])  # a `model:` with a class_path nests its arguments
-    assert model_config.d_model == model_args["d_model"]
+    fields = model_args["model_config"]  # VaswaniConfig fields, as they are
+    assert model_config.d_model == fields["d_model"]
     # a decoder-only model has no encoder: its config mirrors the decoder's sizes there
-    assert model_config.encoder_layers == model_args.get("encoder_layers", model_args.get("decoder_layers"))
-    assert model_config.encoder_attention_heads == model_args["attention_heads"]
+    assert model_config.encoder_layers == fields.get("encoder_layers", fields.get("decoder_layers"))
+    assert model_config.encoder_attention_heads == fields.get("encoder_attention_heads",
+                                                              fields.get("decoder_attention_heads"))
     assert any(isinstance(callback, HFExportCallback) for callback in cli.trainer.callbacks)
     assert cli.trainer.max_steps == recipe["trainer"]["max_steps"]
     assert len(cli.trainer.loggers) == 2
@@ -69,8 +65,10 @@ def test_paper_recipes_use_the_papers_hyper_parameters():
     for recipe, (d_model, ffn, heads, dropout, steps, average) in ((base, (512, 2048, 8, 0.1, 100000, 5)),
                                                                    (big, (1024, 4096, 16, 0.3, 300000, 20))):
         model, trainer, data = recipe["model"], recipe["trainer"], recipe["data"]["init_args"]
-        assert (model["d_model"], model["ffn_dim"], model["attention_heads"], model["dropout"]) == (d_model, ffn,
-                                                                                                   heads, dropout)
+        fields = model["model_config"]
+        assert (fields["d_model"], fields["encoder_ffn_dim"], fields["encoder_attention_heads"], fields["dropout"]) == (
+            d_model, ffn, heads, dropout)
+        assert (fields["decoder_ffn_dim"], fields["decoder_attention_heads"]) == (ffn, heads)
         assert model["label_smoothing"] == 0.1 and trainer["max_steps"] == steps
         assert model["lr_scheduler"]["init_args"]["warmup_steps"] == 4000
         tokens_per_step = data["max_tokens"] * trainer["accumulate_grad_batches"] * trainer["devices"]

@@ -1,4 +1,5 @@
-"""Tests of `TranslationDataModule` (`lightning_modules/data.py`) and `NumbersDataModule` (`synthetic.py`).
+"""Tests of `TranslationDataModule` (`lightning_modules/data/translation.py`, on `corpus.py`) and `NumbersDataModule`
+(`synthetic.py`).
 
 Real text: the first few thousand Multi30k pairs, written in three layouts that must give the same examples: a local
 copy of the hub dataset `bentrevett/multi30k` (a folder with a README `configs:` block and parquet files with flat
@@ -32,9 +33,9 @@ import torch
 from data_utils import multi30k_lines, write_hub_layout
 from helpers import REPO_ROOT
 
-import lightning_modules.data as data_module
+import lightning_modules.data.translation as data_module
 from lightning_modules.data import LABEL_PAD_ID, REPORT_KEYS, TranslationDataModule
-from lightning_modules.synthetic import NumbersDataModule, english_number, german_number, number_splits
+from lightning_modules.data.synthetic import NumbersDataModule, english_number, german_number, number_splits
 
 SIZES = {"train": 2000, "validation": 300, "test": 300}
 FILES = {"train": "train", "validation": "val", "test": "test_2016_flickr"}

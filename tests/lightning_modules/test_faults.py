@@ -9,7 +9,7 @@
 - A disk that fills up (RLIMIT_FSIZE) and a checkpoint folder that stops being writable: a clear error naming the
   file and the fix, the previous checkpoint intact.
 - A Hub that refuses the token (403) or hangs (slow): training finishes, pushes are retried with backoff or abandoned
-  at the timeout, the local HF folder stays complete. (500s, a Hub that is down or slow: tests/test_callbacks.py.)
+  at the timeout, the local HF folder stays complete. (500s, a Hub that is down or slow: test_callbacks.py.)
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import REPO_ROOT, TEST_TOKEN, TESTS_DIR, hub_env
+from helpers import LIGHTNING_TESTS_DIR, REPO_ROOT, TEST_TOKEN, TESTS_DIR, hub_env
 from test_training import metrics, run_cli, series, tiny_run_config, write_config
 
 from lightning_modules.average import checkpoint_step, find_checkpoints
@@ -311,7 +311,7 @@ trainer.fit(TinyTranslationModule(), TinyDataModule())
 
 def test_a_full_disk_stops_with_a_clear_error_and_keeps_the_previous_checkpoint(tmp_path):
     folder = tmp_path / "checkpoints"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS_DIR), str(REPO_ROOT)])}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(LIGHTNING_TESTS_DIR), str(TESTS_DIR), str(REPO_ROOT)])}
     code = textwrap.dedent(DISK_FULL_RUN.format(folder=str(folder), root=str(tmp_path), limit=20_000))
     proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
                           timeout=300)
@@ -385,7 +385,7 @@ def test_a_checkpoint_save_cleans_up_temporary_files_of_a_killed_save(tmp_path):
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Hub pushes that are refused or hang (failures and 500s: tests/test_callbacks.py)
+# Hub pushes that are refused or hang (failures and 500s: tests/lightning_modules/test_callbacks.py)
 # ----------------------------------------------------------------------------------------------------------------
 
 

@@ -1,0 +1,17 @@
+"""The data modules of the three tasks, on one corpus layer (`corpus.py`: sources, splits, cache, tokenizer, loaders).
+
+- `TranslationDataModule` (`translation.py`): parallel corpora; `NumbersDataModule` (`synthetic.py`) generates one.
+- `LanguageModelingDataModule` (`language_modeling.py`): monolingual text as token sequences.
+- `CaptioningDataModule` (`captioning.py`): image-caption datasets; `ShapesCaptioningDataModule` generates one
+  (`shapes.py`).
+- `sampler.py`: token-budget batches; `streaming.py`: the same from a stream; `parallel_text.py`: aligned text files.
+"""
+
+from .captioning import CaptioningDataModule, ShapesCaptioningDataModule
+from .corpus import LABEL_PAD_ID, CorpusDataModule
+from .language_modeling import LanguageModelingDataModule
+from .synthetic import NumbersDataModule
+from .translation import REPORT_KEYS, TranslationDataModule
+
+__all__ = ["CaptioningDataModule", "CorpusDataModule", "LanguageModelingDataModule", "NumbersDataModule",
+           "ShapesCaptioningDataModule", "TranslationDataModule", "LABEL_PAD_ID", "REPORT_KEYS"]

@@ -1,0 +1,337 @@
+"""`TaskModule`: what translation, language modelling and captioning share. A task adds only what differs: its HF
+model class, how its batch gives a loss (`forward_loss`) and what its evaluation scores (`evaluation_records`,
+`score`, `describe`).
+
+The base owns:
+- the model, built from its own configuration: `model_config` holds `VaswaniConfig` fields (a mapping, or the path of
+  a config.json or of a folder holding one). `tokenizer_fields` (vocab_size and the special ids, which the CLI links
+  from the data module's tokenizer) win over it; a model_config that says otherwise is an error;
+- the training step: the label-smoothed loss (§5.4) normalised by the target tokens of the whole step over every rank;
+- the optimiser and its per-step schedule (given the model's d_model, §5.3);
+- evaluation: the teacher-forced loss and the task's records, gathered over the ranks, every example counted once;
+- the checkpoint: the RNG streams of every rank (exact resume) and the model's configuration (checkpoint averaging);
+- FSDP2 sharding and `torch.compile`.
+Throughput and the non-finite guard are callbacks (`lightning_modules.callbacks`), added unless the trainer has one.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+import torch.distributed as dist
+from lightning.pytorch import Callback, LightningModule
+from lightning.pytorch.cli import OptimizerCallable
+from transformers import PreTrainedModel
+
+from hf_transformer import VaswaniConfig
+
+from ..callbacks.nonfinite import NonFiniteLossGuard
+from ..callbacks.throughput import TokenThroughput
+from ..checkpointing import MODEL_KEY, describe_model
+from ..schedules import ScheduleCallable, inverse_sqrt_schedule, paper_adam
+from .metrics import label_smoothed_loss
+
+#: The `VaswaniConfig` fields the tokenizer decides.
+TOKENIZER_FIELDS = ("vocab_size", "pad_token_id", "bos_token_id", "eos_token_id", "decoder_start_token_id")
+#: What a `model_config` may hold: `VaswaniConfig`'s own fields, and the attention backend ("sdpa", "eager").
+MODEL_CONFIG_KEYS = frozenset(VaswaniConfig.__annotations__) | {"attn_implementation"}
+#: Arguments kept out of the checkpointed hyper-parameters: the checkpoint's override the command line when LightningCLI
+#: loads it, and these (decoding and output settings, runtime choices) must be free to change at test time.
+RUNTIME_ARGUMENTS = ["optimizer", "lr_scheduler", "compile", "num_beams", "length_penalty", "validation_num_beams",
+                     "predictions_path"]
+
+
+def read_model_config(model_config: dict[str, Any] | str | None) -> dict[str, Any]:
+    """The `VaswaniConfig` fields of a mapping (checked: unknown keys are refused), of a config.json, or of the
+    config.json in a folder (an exported model)."""
+    if model_config is None:
+        return {}
+    if isinstance(model_config, (str, os.PathLike)):
+        path = Path(model_config) / "config.json" if Path(model_config).is_dir() else Path(model_config)
+        if not path.is_file():
+            raise FileNotFoundError(f"model_config {str(model_config)!r} is not a config.json nor a folder with one")
+        fields = json.loads(path.read_text(encoding="utf-8"))
+        if fields.get("model_type", VaswaniConfig.model_type) != VaswaniConfig.model_type:
+            raise ValueError(f"model_config {str(path)!r} is the config of a {fields['model_type']!r} model, not of a "
+                             f"{VaswaniConfig.model_type!r} one")
+        return {key: value for key, value in fields.items() if key in MODEL_CONFIG_KEYS}
+    if not isinstance(model_config, dict):
+        raise TypeError(f"model_config must be a mapping of VaswaniConfig fields or a path, got {model_config!r}")
+    unknown = sorted(set(model_config) - MODEL_CONFIG_KEYS)
+    if unknown:
+        raise ValueError(f"model_config has unknown keys {unknown}: it takes VaswaniConfig fields, "
+                         f"{sorted(MODEL_CONFIG_KEYS)}")
+    return dict(model_config)
+
+
+def gather_objects(items: list) -> list:
+    """All ranks' lists, concatenated (a no-op without torch.distributed)."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return items
+    gathered: list = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, items)
+    return [item for part in gathered for item in part]
+
+
+class TaskModule(LightningModule):
+    """Trains `model_class` on a task; see the module docstring.
+
+    Args:
+        model_config: the model's `VaswaniConfig` fields (a mapping), or the path of a config.json or of a folder
+            holding one; the task's defaults fill what it leaves out.
+        tokenizer_fields: vocab_size, pad/bos/eos/decoder_start token ids of the tokenizer (linked by the CLI from
+            the data module's `tokenizer_fields`).
+        label_smoothing: epsilon_ls of §5.4.
+        optimizer: parameters -> optimiser (LightningCLI style); default Adam(0.9, 0.98, 1e-9), §5.3.
+        lr_scheduler: (optimiser, d_model) -> schedule, stepped every optimiser step; default the warmup /
+            inverse-square-root schedule of §5.3 with 4000 warmup steps.
+        compile: `torch.compile` the model's forward for the training steps (one graph, no breaks; the backward is
+            compiled with it). None = on when training on CUDA, where it pays, off on CPU, where compiling takes
+            longer than it saves on short runs (see benchmarks/README.md).
+    """
+
+    model_class: ClassVar[type[PreTrainedModel]]
+    #: Fields the task decides (a model_config that says otherwise is an error), and the task's defaults.
+    fixed_model_fields: ClassVar[dict[str, Any]] = {"is_encoder_decoder": True}
+    default_model_fields: ClassVar[dict[str, Any]] = {"attn_implementation": "sdpa"}
+
+    def __init__(
+        self,
+        model_config: dict[str, Any] | str | None = None,
+        tokenizer_fields: dict[str, int] | None = None,
+        label_smoothing: float = 0.1,
+        optimizer: OptimizerCallable = paper_adam,
+        lr_scheduler: ScheduleCallable = inverse_sqrt_schedule,
+        compile: bool | None = None,
+    ) -> None:
+        super().__init__()
+        if not 0.0 <= label_smoothing < 1.0:
+            raise ValueError(f"`label_smoothing` must be in [0, 1), got {label_smoothing!r}.")
+        fields = self.model_fields(model_config, tokenizer_fields)
+        self.save_hyperparameters(ignore=RUNTIME_ARGUMENTS)
+        # the checkpoint keeps the resolved configuration, not a path or a partial mapping: it rebuilds this model
+        self.hparams["model_config"] = {key: value for key, value in fields.items() if key not in TOKENIZER_FIELDS}
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = lr_scheduler
+        self.compile_model = compile
+        self.compiled_forward: Callable | None = None  # set in on_fit_start; a function, not a registered module
+        self.model = self.model_class(VaswaniConfig(**fields))
+        self.evaluation_outputs: list[tuple[int, Any]] = []  # (example id, the task's record of it)
+        self.evaluation_sums = torch.zeros(2, dtype=torch.float64)  # nll, tokens
+        self.rng_states_to_restore: dict | None = None
+
+    def model_fields(self, model_config: dict[str, Any] | str | None,
+                     tokenizer_fields: dict[str, int] | None) -> dict[str, Any]:
+        """The model's configuration: the task's defaults, then `model_config`, then what the task and the tokenizer
+        decide (a different value for those in `model_config` is an error naming both)."""
+        given = read_model_config(model_config)
+        unknown = sorted(set(tokenizer_fields or {}) - set(TOKENIZER_FIELDS))
+        if unknown:
+            raise ValueError(f"tokenizer_fields has unknown keys {unknown}: it takes {list(TOKENIZER_FIELDS)}")
+        decided = {**self.fixed_model_fields, **(tokenizer_fields or {})}
+        for key, value in decided.items():
+            if key in given and given[key] != value:
+                fix = ("the data module's tokenizer decides it (the CLI links it): leave it out of model_config, or "
+                       "train with a tokenizer that matches" if key in TOKENIZER_FIELDS
+                       else f"{type(self).__name__} trains that kind of model: leave it out of model_config")
+                raise ValueError(f"model_config.{key} is {given[key]!r} but must be {value!r}: {fix}")
+        return {**self.default_model_fields, **given, **decided}
+
+    def configure_model(self) -> None:
+        """FSDP2 for models that do not fit on one device (`strategy: lightning.pytorch.strategies.
+        ModelParallelStrategy`): every encoder and decoder layer is its own shard group; the shared embedding, the
+        output layer and the final norms form the root group. Other strategies leave the model as it is."""
+        mesh = self.device_mesh
+        if mesh is None or self.is_sharded():
+            return
+        if "tensor_parallel" in mesh.mesh_dim_names and mesh["tensor_parallel"].size() > 1:
+            raise ValueError(f"{type(self).__name__} shards with FSDP2 only: use "
+                             "ModelParallelStrategy(tensor_parallel_size=1).")
+        from torch.distributed.fsdp import fully_shard
+
+        for name, stack in list(self.model.named_modules()):
+            if name.rpartition(".")[2] == "layers":  # the encoder's and the decoder's layers
+                for layer in stack:
+                    fully_shard(layer, mesh=mesh["data_parallel"])
+        fully_shard(self.model, mesh=mesh["data_parallel"])
+
+    def is_sharded(self) -> bool:
+        from torch.distributed.fsdp import FSDPModule
+
+        return isinstance(self.model, FSDPModule)
+
+    def configure_callbacks(self) -> list[Callback]:
+        """The throughput log and the non-finite guard ("skip"), unless the trainer has its own."""
+        present = {type(callback) for callback in self.trainer.callbacks}
+        return [callback() for callback in (TokenThroughput, NonFiniteLossGuard) if callback not in present]
+
+    # ------------------------------------------------------------------------------------------------------------
+    # Training
+    # ------------------------------------------------------------------------------------------------------------
+
+    def forward_loss(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Summed over the batch's target tokens: (label-smoothed loss, NLL, token count)."""
+        raise NotImplementedError
+
+    def model_forward(self) -> Callable:
+        """The model's forward, compiled in training when `compile` says so."""
+        return self.compiled_forward if self.training and self.compiled_forward is not None else self.model
+
+    def on_fit_start(self) -> None:
+        """Resolve `compile` now that the model is on its device (auto: CUDA and an unsharded model)."""
+        use = self.compile_model if self.compile_model is not None else (
+            self.device.type == "cuda" and not self.is_sharded())
+        if use and self.compiled_forward is None:
+            self.compiled_forward = torch.compile(self.model.forward)
+
+    def training_step(self, batch: dict, batch_idx: int) -> dict[str, torch.Tensor]:
+        loss_sum, nll_sum, tokens = self.forward_loss(batch)
+        # Normalise by the target tokens of the whole step across ranks (fairseq does the same): DDP averages the
+        # ranks' gradients, so each rank scales by world_size / global tokens and the result equals one process
+        # training on the union of the ranks' batches. One all-reduce: [label-smoothed loss, nll, target tokens].
+        sums = self.trainer.strategy.reduce(
+            torch.stack([loss_sum.detach(), nll_sum.detach(), tokens.to(loss_sum.dtype)]), reduce_op="sum"
+        )
+        global_tokens = sums[2].clamp(min=1)
+        global_nll = sums[1] / global_tokens
+        metrics = {"train/loss": sums[0] / global_tokens, "train/nll": global_nll, "train/ppl": torch.exp(global_nll),
+                   **self.training_metrics(batch, tokens)}
+        self.log_dict(metrics, on_step=True, on_epoch=False, batch_size=batch["labels"].shape[0])
+        self.log("lr", self.optimizers().param_groups[0]["lr"], on_step=True, prog_bar=True)
+        # `tokens`: read by the TokenThroughput callback once the step is done
+        return {"loss": loss_sum * self.trainer.world_size / global_tokens, "tokens": global_tokens}
+
+    def training_metrics(self, batch: dict, tokens: torch.Tensor) -> dict[str, torch.Tensor]:
+        """More per-step metrics of the task (tensors: no host sync)."""
+        return {}
+
+    def configure_optimizers(self) -> dict:
+        optimizer = self.optimizer_factory(self.parameters())
+        scheduler = self.scheduler_factory(optimizer, self.model.config.d_model)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # ------------------------------------------------------------------------------------------------------------
+    # Evaluation: over every example exactly once, whatever the number of ranks
+    # ------------------------------------------------------------------------------------------------------------
+
+    def evaluation_records(self, batch: dict, test: bool) -> list[tuple[int, Any]]:
+        """(example id, record) of a batch for `score` (translations, captions); none by default."""
+        return []
+
+    def score(self, records: list[Any]) -> dict[str, float]:
+        """Metrics of the records of every evaluated example, in id order."""
+        return {}
+
+    def describe(self, prefix: str, metrics: dict[str, float], records: list[Any]) -> list[str]:
+        """What the console shows after an evaluation (global rank 0)."""
+        return [f"{prefix}: loss {metrics[f'{prefix}/loss']:.4f} nats/token, perplexity {metrics[f'{prefix}/ppl']:.2f} "
+                f"over {int(metrics[f'{prefix}/tokens'])} tokens"]
+
+    def evaluation_step(self, batch: dict, test: bool) -> None:
+        _, nll_sum, tokens = self.forward_loss(batch)
+        self.evaluation_sums += torch.stack([nll_sum.double().cpu(), tokens.double().cpu()])
+        self.evaluation_outputs.extend(self.evaluation_records(batch, test))
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        self.evaluation_step(batch, test=False)
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        self.evaluation_step(batch, test=True)
+
+    def reset_evaluation(self) -> None:
+        self.evaluation_outputs = []
+        self.evaluation_sums = torch.zeros(2, dtype=torch.float64)
+
+    def on_validation_epoch_start(self) -> None:
+        self.reset_evaluation()
+
+    def on_test_epoch_start(self) -> None:
+        self.reset_evaluation()
+
+    def on_validation_epoch_end(self) -> None:
+        self.log_evaluation("val")
+
+    def on_test_epoch_end(self) -> None:
+        self.log_evaluation("test")
+
+    def log_evaluation(self, prefix: str) -> None:
+        # Examples may be split unevenly across ranks: gather them all, keep each id once.
+        records = dict(gather_objects(self.evaluation_outputs))
+        sums = self.trainer.strategy.reduce(self.evaluation_sums.to(self.device), reduce_op="sum").cpu()
+        if self.trainer.sanity_checking:
+            return
+        ordered = [records[idx] for idx in sorted(records)]
+        nll = (sums[0] / sums[1].clamp(min=1)).item()
+        metrics = {f"{prefix}/loss": nll, f"{prefix}/ppl": math.exp(min(nll, 50.0)), f"{prefix}/tokens": float(sums[1]),
+                   **{f"{prefix}/{name}": value for name, value in self.score(ordered).items()}}
+        self.log_dict(metrics, prog_bar=True, sync_dist=False, rank_zero_only=False)
+        if self.trainer.is_global_zero:
+            for line in self.describe(prefix, metrics, ordered):
+                self.print(line)
+
+    def set_decoding(self, num_beams: int, length_penalty: float, validation_num_beams: int | None) -> None:
+        """Beam search for evaluation (§6.1); `num_beams` and `length_penalty` are also what the exported folder's
+        `generate()` uses. Validation may use fewer beams (default: as many)."""
+        self.num_beams, self.length_penalty = num_beams, length_penalty
+        self.validation_num_beams = validation_num_beams or num_beams
+        self.model.generation_config.num_beams = num_beams
+        self.model.generation_config.length_penalty = length_penalty
+
+    def generate_text(self, inputs: dict[str, torch.Tensor], **settings: Any) -> list[str]:
+        """`model.generate(**inputs, **settings)`, decoded with the data module's tokenizer."""
+        if self.is_sharded():
+            # generate() calls the encoder directly, outside the root module's forward that would gather the root
+            # group (embeddings, output layer): gather it for the whole decoding
+            self.model.unshard()
+        output = self.model.generate(**inputs, **settings)
+        if self.is_sharded():
+            self.model.reshard()
+        return self.trainer.datamodule.tokenizer.batch_decode(output, skip_special_tokens=True)
+
+    # ------------------------------------------------------------------------------------------------------------
+    # The checkpoint: the model's configuration, and the RNG streams (dropout) of every rank for an exact resume
+    # ------------------------------------------------------------------------------------------------------------
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint[MODEL_KEY] = describe_model(self.model)
+        state = {"torch": torch.get_rng_state(), "python": list(random.getstate()[1]),
+                 "python_version": random.getstate()[0], "python_gauss": random.getstate()[2]}
+        if torch.cuda.is_available():
+            state["cuda"] = torch.cuda.get_rng_state_all()
+        checkpoint["rng_states"] = gather_objects([state])
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        if MODEL_KEY not in checkpoint:
+            raise ValueError(
+                f"this checkpoint was written by an older version of {type(self).__name__}, whose arguments were a "
+                "renamed copy of the model's configuration (d_model, attention_heads, ffn_dim, ...); it cannot be "
+                "resumed or tested with this version. Export its weights with that version, or train again (the "
+                "recipes now give the model's VaswaniConfig fields under model.model_config)."
+            )
+        states = checkpoint.get("rng_states")
+        if states:
+            try:
+                rank = self.trainer.global_rank
+            except RuntimeError:  # `load_from_checkpoint` outside a Trainer: nothing to resume
+                return
+            self.rng_states_to_restore = states[rank] if rank < len(states) else states[0]
+
+    def on_train_start(self) -> None:
+        # Applied here, after the restore and the sanity check, right before the next training batch.
+        state, self.rng_states_to_restore = self.rng_states_to_restore, None
+        if state is None:
+            return
+        torch.set_rng_state(state["torch"])
+        random.setstate((state["python_version"], tuple(state["python"]), state["python_gauss"]))
+        if "cuda" in state and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda"])
+
+
+__all__ = ["TaskModule", "gather_objects", "read_model_config", "label_smoothed_loss"]
