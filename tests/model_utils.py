@@ -98,3 +98,23 @@ out = model.generate(input_ids=torch.tensor(inputs["input_ids"]), attention_mask
                      num_beams=4, max_new_tokens=12)
 print("RESULT-JSON: " + json.dumps(out.tolist()))
 """
+
+
+CAPTION_IMAGE_SIZE = 16
+
+
+def tiny_caption_config(**overrides) -> VaswaniConfig:
+    """A tiny captioning model: 16 x 16 RGB images in 4 x 4 patches, two layers of width 32, 300 tokens."""
+    values = dict(vocab_size=300, d_model=32, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
+                  decoder_attention_heads=4, encoder_ffn_dim=64, decoder_ffn_dim=64, dropout=0.0,
+                  max_position_embeddings=64, image_size=CAPTION_IMAGE_SIZE, patch_size=4, num_channels=3)
+    values.update(overrides)
+    return VaswaniConfig(**values)
+
+
+def labelled_batch():
+    """A right-padded source batch (3 x 11) and labels (3 x 8), -100 on the padding of the last row."""
+    input_ids, attention_mask = source_batch(batch=3, length=11)
+    labels = torch.randint(4, 101, (3, 8), generator=torch.Generator().manual_seed(2))
+    labels[2, 5:] = -100
+    return input_ids, attention_mask, labels

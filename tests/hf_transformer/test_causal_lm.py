@@ -6,7 +6,6 @@ import os
 import pytest
 import torch
 from helpers import json_result, run_python
-from model_utils import tiny_config
 from transformers import AutoModelForCausalLM, DynamicCache
 from variant_utils import VARIANTS, assert_cached_generation_is_uncached_generation, varied_causal_lm
 

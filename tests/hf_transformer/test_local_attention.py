@@ -127,7 +127,7 @@ def test_benchmark_quick_mode_writes_its_table(tmp_path):
     import sys
     from pathlib import Path
 
-    script = Path(__file__).resolve().parents[1] / "benchmarks" / "attention_variants.py"
+    script = Path(__file__).resolve().parents[2] / "benchmarks" / "attention_variants.py"
     output = tmp_path / "result.json"
     subprocess.run([sys.executable, str(script), "--quick", "--output", str(output)], check=True, timeout=600)
     result = json.loads(output.read_text())

@@ -2,7 +2,7 @@
 
 Issue 10: those tests pass for our classes wherever they pass for MarianModel / MarianMTModel / MarianDecoder /
 MarianForCausalLM with the same tester settings, except the by-design differences listed (with a reason each) in
-`transformers_suite.BY_DESIGN`. The run itself is `tests/transformers_suite.py`, in a fresh interpreter because the
+`transformers_suite.BY_DESIGN`. The run itself is `tests/hf_transformer/transformers_suite.py`, in a fresh interpreter because the
 upstream tests change process-wide state (seeds, default dtype, logging). The first run downloads the sdist of the
 installed transformers from the package registry into a cache folder (about 20 s; see
 `transformers_suite.ensure_upstream`); the whole module takes 60-90 s on 2 CPU cores. The upstream module
@@ -29,7 +29,7 @@ def common_run(tmp_path_factory) -> dict:
     try:
         suite.ensure_upstream(download=True)
     except RuntimeError as error:  # no registry: say what to run where there is one
-        problem = f"{error}\nFetch them once with: python tests/transformers_suite.py --fetch-only"
+        problem = f"{error}\nFetch them once with: python tests/hf_transformer/transformers_suite.py --fetch-only"
     if problem:
         pytest.fail(problem, pytrace=False)
     output = tmp_path_factory.mktemp("transformers_common") / "results.json"

@@ -72,9 +72,18 @@ def decode_both(model, engine, sources, num_beams: int, length_penalty: float | 
     return ours, theirs
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One intra-op thread, as CTranslate2's engine here (intra_threads=1), restored afterwards: later tests of the
+    session compare logits bitwise with subprocesses that run with the default thread count."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.mark.parametrize("name", sorted(SUPPORTED))
 def test_supported_configuration_decodes_identically(name, tokenizer, tmp_path):
-    torch.set_num_threads(1)
     model = train_reverse_model(TRAIN_STEPS, seed=0, vocab_size=len(tokenizer), **SUPPORTED[name])
     folder = convert_to_ctranslate2(model, tmp_path / "ct2", tokenizer=tokenizer)
     engine = CTranslate2Model(folder, compute_type="float32", intra_threads=1)
@@ -98,7 +107,6 @@ def test_supported_configuration_decodes_identically(name, tokenizer, tmp_path):
 def test_translate_backend_ctranslate2_matches_pytorch(tokenizer, tmp_path):
     """Text in, text out through translate(): batches of equal length, blank texts, the §6.1 limit (this random
     model's outputs mostly run to input length + 50 tokens), a folder path and its own tokenizer."""
-    torch.set_num_threads(1)
     model = tiny_model(seed=2, vocab_size=len(tokenizer), max_position_embeddings=128, tie_word_embeddings=False)
     with torch.no_grad():
         model.lm_head.weight.mul_(6.0)
@@ -124,7 +132,6 @@ def test_translate_backend_ctranslate2_matches_pytorch(tokenizer, tmp_path):
 
 
 def test_int8_mostly_agrees_with_float32(tokenizer, tmp_path):
-    torch.set_num_threads(1)
     model = train_reverse_model(300, seed=1, vocab_size=len(tokenizer))
     before = {name: tensor.clone() for name, tensor in model.state_dict().items()}
     folder = convert_to_ctranslate2(model, tmp_path / "ct2", quantization="int8", tokenizer=tokenizer)
@@ -182,7 +189,6 @@ def test_command_writes_a_folder_that_translates_without_torch(tokenizer, tmp_pa
     """hf-transformer-ctranslate2 on a save_pretrained folder; then a fresh interpreter where torch, transformers
     and our package cannot be imported loads the folder with ctranslate2 alone, reads its decoding settings from the
     folder's JSON files, and decodes the test sources: the same tokens as our generate()."""
-    torch.set_num_threads(1)
     model = train_reverse_model(TRAIN_STEPS, seed=0, vocab_size=len(tokenizer), normalize_before=True)
     model.save_pretrained(tmp_path / "model")
     tokenizer.save_pretrained(tmp_path / "model")

@@ -32,9 +32,9 @@ decoders, "causal_lm_ed" (the causal LMs built from the encoder-decoder config) 
 `compare`): every test that passes for the Marian class passes for ours, except the by-design differences in
 `BY_DESIGN`; and ours passes the few tests in `OURS_MUST_PASS` that the library does not run for Marian.
 
-    python tests/transformers_suite.py                 # fetch if needed, run both, print the table, write JSON
-    python tests/transformers_suite.py --fetch-only    # only download and extract the upstream tests
-    python tests/transformers_suite.py --roles seq2seq -k attention   # a subset
+    python tests/hf_transformer/transformers_suite.py                 # fetch if needed, run both, print the table, write JSON
+    python tests/hf_transformer/transformers_suite.py --fetch-only    # only download and extract the upstream tests
+    python tests/hf_transformer/transformers_suite.py --roles seq2seq -k attention   # a subset
 """
 
 from __future__ import annotations
@@ -156,7 +156,7 @@ def ensure_upstream(download: bool = True, version: str = transformers.__version
         return target
     if not download:
         raise RuntimeError(f"transformers {version}'s common model tests are not in {target}. Fetch them with: "
-                           f"python tests/transformers_suite.py --fetch-only")
+                           f"python tests/hf_transformer/transformers_suite.py --fetch-only")
     return fetch(version)
 
 
