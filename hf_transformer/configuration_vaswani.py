@@ -15,9 +15,9 @@ logger = logging.get_logger(__name__)
 # Keys that `PreTrainedConfig.__post_init__` consumes although they are not fields (model_type and auto_map come
 # from every config.json); any other key left over is a field this version does not know (see __post_init__).
 BASE_CONFIG_KEYS = frozenset({
-    "auto_map", "model_type", "name_or_path", "torch_dtype", "num_labels", "output_attentions", "attn_implementation",
-    "experts_implementation", "per_layer_config", "_commit_hash", "rope_scaling", "rope_theta", "rope_parameters",
-    "_attn_implementation_internal", "_experts_implementation_internal",
+    "auto_map", "model_type", "name_or_path", "_name_or_path", "torch_dtype", "num_labels", "output_attentions",
+    "attn_implementation", "experts_implementation", "per_layer_config", "_commit_hash", "rope_scaling", "rope_theta",
+    "rope_parameters", "_attn_implementation_internal", "_experts_implementation_internal",
 })
 
 POSITION_EMBEDDING_TYPES = ("sinusoidal", "learned", "relative")
