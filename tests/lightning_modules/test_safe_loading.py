@@ -317,8 +317,8 @@ def test_unknown_config_fields_load_with_a_warning_naming_them(tmp_path, caplog)
 # ----------------------------------------------------------------------------------------------------------------
 
 #: Standard-library modules that only compute (no files, processes or sockets); numpy is a dependency of transformers.
-PURE_MODULES = {"math", "collections", "typing", "__future__", "dataclasses", "functools", "itertools", "enum", "copy", "warnings",
-                "numpy"}
+PURE_MODULES = {"math", "collections", "typing", "__future__", "dataclasses", "functools", "itertools", "enum", "copy",
+                "warnings", "numpy"}
 NETWORK_NAMES = {"socket", "http", "urllib", "urllib3", "requests", "httpx", "aiohttp", "huggingface_hub", "ftplib",
                  "smtplib", "subprocess", "os", "sys", "importlib", "ctypes", "pickle", "shutil", "pathlib"}
 FORBIDDEN_CALLS = {"__import__", "eval", "exec", "compile", "open", "hf_hub_download", "snapshot_download",
