@@ -45,6 +45,7 @@ from .attention_vaswani import (
     padding_mask,
 )
 from .configuration_vaswani import VaswaniConfig
+from .generation_vaswani import DECODING_LOOPS, lean_decode, lean_decoding_problem
 
 logger = logging.get_logger(__name__)
 
@@ -311,10 +312,17 @@ class VaswaniGenerationMixin(GenerationMixin):
     beam-search cache reorder that skips the encoder keys/values."""
 
     def generate(self, inputs: torch.Tensor | None = None, generation_config: GenerationConfig | None = None,
-                 **kwargs):
+                 decoding_loop: str = "auto", **kwargs):
         """`GenerationMixin.generate` (its `**kwargs` are its own: generation settings and model inputs). With
         absolute positions (§3.5) the decoder cannot read past `max_position_embeddings`, so a longer `max_length`
-        or `max_new_tokens` is capped there, with a warning, instead of failing in the middle of decoding."""
+        or `max_new_tokens` is capped there, with a warning, instead of failing in the middle of decoding.
+
+        decoding_loop: "auto" decodes plain beam or greedy search of the encoder-decoder models with the lean loop
+        of generation_vaswani.py (the same tokens, faster) and everything else with the library's loop; "lean"
+        insists on the lean loop (a ValueError says why a request is not plain); "library" always takes the
+        library's loop."""
+        if decoding_loop not in DECODING_LOOPS:
+            raise ValueError(f"`decoding_loop` must be one of {list(DECODING_LOOPS)}, got {decoding_loop!r}.")
         if self.config.position_embedding_type != "relative":
             settings = generation_config if generation_config is not None else self.generation_config
             limit = self.config.max_position_embeddings
@@ -337,6 +345,13 @@ class VaswaniGenerationMixin(GenerationMixin):
                 logger.warning(f"`max_length`={kwargs.get('max_length', settings.max_length)} passes the model's "
                                f"`max_position_embeddings`={limit}: generating at most {limit} positions.")
                 kwargs["max_length"] = limit
+        if decoding_loop != "library":
+            problem = lean_decoding_problem(self, generation_config, kwargs)
+            if problem is None:
+                kwargs["custom_generate"] = lean_decode
+            elif decoding_loop == "lean":
+                raise ValueError(f"decoding_loop='lean' decodes plain beam or greedy search only; this call asks for "
+                                 f"{problem}. Use decoding_loop='auto' (or 'library').")
         return super().generate(inputs, generation_config, **kwargs)
 
     def _reorder_cache(self, cache: Cache | None, beam_idx: torch.Tensor) -> Cache | None:

@@ -66,7 +66,8 @@ def test_auto_classes_resolve_to_ours(tmp_path):
 def test_exported_code_imports_only_torch_and_transformers(tmp_path):
     tiny_model().save_pretrained(tmp_path)
     exported = {path.name for path in tmp_path.glob("*.py")}
-    assert exported == {"configuration_vaswani.py", "attention_vaswani.py", "modeling_vaswani.py"}, exported
+    assert exported == {"configuration_vaswani.py", "attention_vaswani.py", "generation_vaswani.py",
+                        "modeling_vaswani.py"}, exported
     for name in exported:
         imports = [line.split()[1] for line in (tmp_path / name).read_text().splitlines()
                    if line.startswith(("import ", "from "))]
