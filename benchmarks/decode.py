@@ -68,14 +68,15 @@ def parse_args() -> argparse.Namespace:
 
 
 def ct2_compute_types(device: torch.device, dtype: torch.dtype | None) -> dict[str, str]:
-    """CTranslate2 compute types of the two CTranslate2 columns: float32 / int8 on CPU, a 16-bit float and int8 with
-    16-bit activations on a GPU or with --dtype bf16 (bfloat16 where the build supports it, else float16)."""
+    """CTranslate2 compute types of the two CTranslate2 columns: float32 / int8 on CPU; with --dtype bf16 (on a GPU
+    by default) a 16-bit float (bfloat16, else float16) and int8 with those activations, where the build has them
+    (CTranslate2's CPU build has neither: float32 / int8 then)."""
     import ctranslate2
 
-    if device.type == "cpu" and dtype is None:
-        return {"ct2": "float32", "ct2 int8": "int8"}
     supported = ctranslate2.get_supported_compute_types(device.type)
-    half = "bfloat16" if "bfloat16" in supported else "float16"
+    if dtype is None:
+        return {"ct2": "float32", "ct2 int8": "int8"}
+    half = next((t for t in ("bfloat16", "float16") if t in supported), "float32")
     return {"ct2": half, "ct2 int8": f"int8_{half}" if f"int8_{half}" in supported else "int8"}
 
 
