@@ -92,7 +92,7 @@ class Engine:
         """Token ids as HF generate() returns them (decoder start token first)."""
         if self.backend == "ctranslate2":
             sources = [row[mask.bool()].tolist() for row, mask in zip(input_ids, attention_mask)]
-            return self.model.generate(sources, ct2_config(config))
+            return self.model.generate(sources, config)
         with torch.inference_mode(), common.autocast(self.device, self.dtype):
             return self.model.generate(input_ids=input_ids, attention_mask=attention_mask, generation_config=config,
                                        **self.options).tolist()
@@ -124,15 +124,6 @@ def build_engines(model, marian, tokenizer, folder: Path, args, device: torch.de
             engines[name] = Engine(CTranslate2Model(path, device=device.type, compute_type=compute_type,
                                                     intra_threads=torch.get_num_threads()), backend="ctranslate2")
     return {name: engine for name, engine in engines.items() if wanted is None or name in wanted}
-
-
-def ct2_config(config: GenerationConfig) -> GenerationConfig:
-    """The same request with `max_length` (what CTranslate2Model reads) in place of `max_new_tokens`."""
-    if config.max_new_tokens is None:
-        return config
-    config = copy.deepcopy(config)
-    config.max_length, config.max_new_tokens = 1 + config.max_new_tokens, None
-    return config
 
 
 def stripped(output: list[int], eos: int, pad: int) -> list[int]:
@@ -202,8 +193,10 @@ def measure(engines: dict[str, Engine], config, batches: list[dict], strategy: s
 
 
 def generation_config_for(config, strategy: str, max_new_tokens: int) -> GenerationConfig:
+    """The request of a speed row: `max_new_tokens` tokens after the decoder start token, as `max_length` (which
+    every engine reads, and which leaves the model's own `max_length` out of the merge generate() does)."""
     return GenerationConfig(
-        do_sample=False, max_new_tokens=max_new_tokens, bos_token_id=config.bos_token_id,
+        do_sample=False, max_length=1 + max_new_tokens, bos_token_id=config.bos_token_id,
         eos_token_id=config.eos_token_id, pad_token_id=config.pad_token_id,
         decoder_start_token_id=config.decoder_start_token_id, **STRATEGIES[strategy],
     )

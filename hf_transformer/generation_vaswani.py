@@ -14,7 +14,9 @@ pass), and the loop computes the same tokens with less work:
 - the decoder self-attention keys and values of all layers live in one preallocated buffer, written in place;
   following the surviving beams is one `index_select` per step (the library concatenates and reorders per layer);
 - a sentence whose search is over leaves the batch (the library decodes it to the end with the others);
-- each step calls the layers' own sublayers, projections and attention kernels directly.
+- each step calls the layers' own sublayers, projections and attention kernels directly, and on CPU in float32 the
+  projections multiply by a transposed copy of their weights (made once per weight, see `project`): the same
+  products, bit for bit, read faster by the matrix kernel.
 
 The beam bookkeeping is the library's (`GenerationMixin._beam_search`, the same in transformers 5.18-5.24) operation
 for operation, so that ties, finished hypotheses, their length penalty and the output padding come out the same. The
@@ -27,6 +29,7 @@ Notation: B sentences still decoding, K beams, N rows of hypotheses (B or B K), 
 H heads, Dh head size, V vocabulary.
 """
 
+import weakref
 from functools import partial
 
 import torch
@@ -52,6 +55,10 @@ NEUTRAL_SETTINGS = {
 }
 MODEL_INPUTS = {"input_ids", "attention_mask", "pixel_values"}
 BEAM_FREE = -1.0e9  # the library's "never chosen" score (beams 2..K at the start, finished or blocked candidates)
+# Matrix kernels compute a row differently when the matrix has fewer rows than this (MKL's sgemm switches kernels
+# below 4 rows on CPU): the loop never runs fewer rows than this where the library runs more, so that every row gets
+# the bits the library's loop gives it.
+MIN_ROWS = 4
 
 
 def lean_decoding_problem(model: nn.Module, generation_config: GenerationConfig | None, kwargs: dict) -> str | None:
@@ -111,6 +118,43 @@ def lean_decode(
 
 
 # ----------------------------------------------------------------------------------------------------------------
+# Linear layers with transposed weights
+# ----------------------------------------------------------------------------------------------------------------
+# nn.Linear computes x W^T from W stored (out, in): on CPU the matrix kernel reads W transposed, which for the few rows
+# of a decoding step is markedly slower than reading a (in, out) copy, and gives the same bits (MKL, from MIN_ROWS
+# rows up; checked by tests/hf_transformer/test_lean_decoding.py). The copies are made once per weight and version
+# (an in-place update, e.g. an optimizer step, makes a new one) and live as long as the weight: decoding keeps a second
+# copy of the decoder's projection weights in memory.
+
+TRANSPOSED: dict[int, tuple[weakref.ref, int, torch.Tensor]] = {}  # id(weight) -> (weight, its version, W^T)
+
+
+def transposed(weight: torch.Tensor) -> torch.Tensor:
+    """A contiguous (in, out) copy of `weight` (out, in), made once per weight version."""
+    key = id(weight)
+    entry = TRANSPOSED.get(key)
+    if entry is None or entry[0]() is not weight or entry[1] != weight._version:
+        entry = (weakref.ref(weight, lambda _, key=key: TRANSPOSED.pop(key, None)), weight._version,
+                 weight.detach().t().contiguous())
+        TRANSPOSED[key] = entry
+    return entry[2]
+
+
+def project(linear: nn.Module, states: torch.Tensor) -> torch.Tensor:
+    """linear(states) for states (N, 1, D_in): through the transposed weights for a float32 nn.Linear on CPU with at
+    least MIN_ROWS rows, through the module itself otherwise (other devices, dtypes, autocast, int8 modules)."""
+    rows = states.shape[0]
+    if (type(linear) is not nn.Linear or rows < MIN_ROWS or states.device.type != "cpu"
+            or states.dtype != torch.float32 or linear.weight.dtype != torch.float32
+            or torch.is_autocast_enabled("cpu")):
+        return linear(states)
+    flat = states.reshape(rows, states.shape[-1])
+    weight = transposed(linear.weight)  # (D_in, D_out)
+    output = torch.mm(flat, weight) if linear.bias is None else torch.addmm(linear.bias, flat, weight)
+    return output.view(rows, 1, weight.shape[1])
+
+
+# ----------------------------------------------------------------------------------------------------------------
 # The decoder, one position at a time
 # ----------------------------------------------------------------------------------------------------------------
 
@@ -162,10 +206,15 @@ class CachedDecoder:
         for index, layer in enumerate(self.layers):
             hidden = layer.sublayer(hidden, layer.self_attn_layer_norm, partial(self.self_attention, index))
             hidden = layer.sublayer(hidden, layer.encoder_attn_layer_norm, partial(self.cross_attention, index))
-            hidden = layer.sublayer(hidden, layer.final_layer_norm, layer.feed_forward)
+            hidden = layer.sublayer(hidden, layer.final_layer_norm, partial(self.feed_forward, index))
         if decoder.layer_norm is not None:
             hidden = decoder.layer_norm(hidden)
-        return self.lm_head(hidden)[:, -1]  # (N, V)
+        return project(self.lm_head, hidden)[:, -1]  # (N, V)
+
+    def feed_forward(self, index: int, states: torch.Tensor) -> torch.Tensor:
+        """The layer's FFN (§3.3, VaswaniLayer.feed_forward) through `project`."""
+        layer = self.layers[index]
+        return project(layer.fc2, layer.activation_dropout(layer.activation_fn(project(layer.fc1, states))))
 
     def self_attention(self, index: int, states: torch.Tensor) -> torch.Tensor:
         """Causal self-attention of the new position over positions 0..P (§3.2.3): the newest query may see every
@@ -173,26 +222,26 @@ class CachedDecoder:
         local blocks)."""
         attention = self.layers[index].self_attn
         rows = states.shape[0]
-        query = attention.split_heads(attention.q_proj(states))  # (N, H, 1, Dh)
+        query = attention.split_heads(project(attention.q_proj, states))  # (N, H, 1, Dh)
         if index == 0:
             self.make_room(rows, query.dtype, query.device)
         position = self.length - 1
-        self.cache[position, index, 0] = attention.k_proj(states).view(rows, self.heads, self.head_dim)
-        self.cache[position, index, 1] = attention.v_proj(states).view(rows, self.heads, self.head_dim)
+        self.cache[position, index, 0] = project(attention.k_proj, states).view(rows, self.heads, self.head_dim)
+        self.cache[position, index, 1] = project(attention.v_proj, states).view(rows, self.heads, self.head_dim)
         keys = self.cache[: self.length, index, 0].permute(1, 2, 0, 3)  # (N, H, P + 1, Dh), a view
         values = self.cache[: self.length, index, 1].permute(1, 2, 0, 3)
         output, _ = attention.attend(attention, query, keys, values, None)  # (N, 1, H, Dh)
-        return attention.out_proj(output.reshape(rows, 1, self.heads * self.head_dim))  # (N, 1, D)
+        return project(attention.out_proj, output.reshape(rows, 1, self.heads * self.head_dim))  # (N, 1, D)
 
     def cross_attention(self, index: int, states: torch.Tensor) -> torch.Tensor:
         """Encoder-decoder attention of N = B x R rows (R hypotheses per sentence): the R rows of a sentence are the
         query positions of one attention over its encoder output (each query attends on its own, §3.2.3)."""
         attention = self.layers[index].encoder_attn
         rows, sentences = states.shape[0], self.sentences
-        query = attention.q_proj(states).view(sentences, rows // sentences, self.heads, self.head_dim)
+        query = project(attention.q_proj, states).view(sentences, rows // sentences, self.heads, self.head_dim)
         key, value = self.cross[index]
         output, _ = attention.attend(attention, query.transpose(1, 2), key, value, self.cross_mask)  # (B, R, H, Dh)
-        return attention.out_proj(output.reshape(rows, 1, self.heads * self.head_dim))  # (N, 1, D)
+        return project(attention.out_proj, output.reshape(rows, 1, self.heads * self.head_dim))  # (N, 1, D)
 
     def make_room(self, rows: int, dtype: torch.dtype, device: torch.device) -> None:
         """A cache with room for position P: allocated at the first step, doubled when full (up to the longest
@@ -217,12 +266,6 @@ class CachedDecoder:
                           for key, value in self.cross]
             if self.cross_mask is not None:
                 self.cross_mask = self.cross_mask.index_select(0, sentences)
-
-
-# Matrix kernels compute a row differently when the matrix has fewer rows than this (MKL's sgemm switches kernels
-# below 4 rows on CPU): the loop never runs fewer rows than this where the library runs more, so that every row gets
-# the bits the library's loop gives it.
-MIN_ROWS = 4
 
 
 # ----------------------------------------------------------------------------------------------------------------
