@@ -55,9 +55,13 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--latency-sentences", type=int, default=None, help="batch-size-1 runs (default 2)")
     parser.add_argument("--vocab-size", type=int, default=8000)
     parser.add_argument("--engines", default=None, help="comma-separated subset of the engines (default: all)")
+    parser.add_argument("--ct2-compute-types", default=None,
+                        help="the two CTranslate2 columns' compute types, e.g. float16,int8_float16 (default: float32,"
+                             "int8 on CPU; with --dtype bf16 bfloat16,int8_bfloat16 where the build has them)")
     parser.add_argument("--bleu-model", default=None,
                         help="a trained de->en model folder for the BLEU table (default: a random-weight small model)")
-    parser.add_argument("--bleu-sentences", type=int, default=None, help="test2016 sentences for BLEU (default 1000)")
+    parser.add_argument("--bleu-sentences", type=int, default=None,
+                        help="test2016 sentences for BLEU (default 1000; 0: no BLEU table)")
     parser.add_argument("--bleu-batch-size", type=int, default=16, help="translate()'s batch size for BLEU")
     return parser.parse_args()
 
@@ -67,13 +71,19 @@ def parse_args() -> argparse.Namespace:
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def ct2_compute_types(device: torch.device, dtype: torch.dtype | None) -> dict[str, str]:
+def ct2_compute_types(device: torch.device, dtype: torch.dtype | None, asked: str | None) -> dict[str, str]:
     """CTranslate2 compute types of the two CTranslate2 columns: float32 / int8 on CPU; with --dtype bf16 (on a GPU
     by default) a 16-bit float (bfloat16, else float16) and int8 with those activations, where the build has them
     (CTranslate2's CPU build has neither: float32 / int8 then)."""
     import ctranslate2
 
     supported = ctranslate2.get_supported_compute_types(device.type)
+    if asked:
+        unsupported = [t for t in asked.split(",") if t not in supported]
+        if unsupported:
+            raise ValueError(f"--ct2-compute-types: {unsupported} not supported on {device.type} by this CTranslate2 "
+                             f"build (supported: {sorted(supported)})")
+        return dict(zip(("ct2", "ct2 int8"), asked.split(",")))
     if dtype is None:
         return {"ct2": "float32", "ct2 int8": "int8"}
     half = next((t for t in ("bfloat16", "float16") if t in supported), "float32")
@@ -120,7 +130,7 @@ def build_engines(model, marian, tokenizer, folder: Path, args, device: torch.de
         engines["ours int8"] = Engine(quantize_int8(model), device=device)
     if wanted is None or wanted & {"ct2", "ct2 int8"}:
         path = convert_to_ctranslate2(model, folder / "ct2", tokenizer=tokenizer, force=True)
-        for name, compute_type in ct2_compute_types(device, dtype).items():
+        for name, compute_type in ct2_compute_types(device, dtype, args.ct2_compute_types).items():
             engines[name] = Engine(CTranslate2Model(path, device=device.type, compute_type=compute_type,
                                                     intra_threads=torch.get_num_threads()), backend="ctranslate2")
     return {name: engine for name, engine in engines.items() if wanted is None or name in wanted}
@@ -247,6 +257,8 @@ def quality_table(args, device: torch.device, dtype: torch.dtype | None, folder:
     translations identical to Marian's, and the time of a translate() pass relative to Marian's."""
     import sacrebleu
 
+    if args.bleu_sentences == 0:
+        return None
     limit = args.bleu_sentences or (16 if args.tiny else None)
     sources = common.read_multi30k("test_2016_flickr", "de", limit)
     references = common.read_multi30k("test_2016_flickr", "en", limit)
@@ -312,9 +324,11 @@ def main() -> None:
     device, dtype = common.resolve_device(args)
     repeats = args.repeats or (2 if args.tiny else 3 if args.quick else 5)
     env = {**common.environment(device, dtype), "ctranslate2": ctranslate2.__version__,
+           "ctranslate2_compute_types": ct2_compute_types(device, dtype, args.ct2_compute_types),
            "load_average_before": list(os.getloadavg())}
     print(f"{env['device']} | {env['dtype']} | torch {env['torch']} | transformers {env['transformers']} | "
-          f"ctranslate2 {env['ctranslate2']} | load {env['load_average_before'][0]:.2f}")
+          f"ctranslate2 {env['ctranslate2']} {env['ctranslate2_compute_types']} | load average "
+          f"{env['load_average_before'][0]:.2f}")
     with tempfile.TemporaryDirectory(prefix="decode_benchmark_") as folder:
         speed = speed_table(args, device, dtype, Path(folder), repeats)
         quality = quality_table(args, device, dtype, Path(folder))
