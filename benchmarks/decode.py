@@ -41,7 +41,7 @@ from hf_transformer.quantization import quantize_int8
 
 STRATEGIES = {
     "beam4": dict(num_beams=4, length_penalty=0.6, early_stopping=True),
-    "greedy": dict(num_beams=1),
+    "greedy": dict(num_beams=1, length_penalty=1.0, early_stopping=False),  # as translate() asks for greedy
 }
 FLOAT_ENGINES = ("ours (library loop)", "ours", "ct2")  # the engines whose outputs must be Marian's
 

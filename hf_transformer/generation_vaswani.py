@@ -15,8 +15,8 @@ pass), and the loop computes the same tokens with less work:
   following the surviving beams is one `index_select` per step (the library concatenates and reorders per layer);
 - a sentence whose search is over leaves the batch (the library decodes it to the end with the others);
 - each step calls the layers' own sublayers, projections and attention kernels directly, and on CPU in float32 the
-  projections multiply by a transposed copy of their weights (made once per weight, see `project`): the same
-  products, bit for bit, read faster by the matrix kernel.
+  attention projections and the output layer multiply by a transposed copy of their weights (made once per weight,
+  see `project`): the same products, bit for bit, read faster by the matrix kernel.
 
 The beam bookkeeping is the library's (`GenerationMixin._beam_search`, the same in transformers 5.18-5.24) operation
 for operation, so that ties, finished hypotheses, their length penalty and the output padding come out the same. The
@@ -59,6 +59,8 @@ BEAM_FREE = -1.0e9  # the library's "never chosen" score (beams 2..K at the star
 # below 4 rows on CPU): the loop never runs fewer rows than this where the library runs more, so that every row gets
 # the bits the library's loop gives it.
 MIN_ROWS = 4
+# ... and with transposed weights (see `project`) when the layer has fewer output features than this (MKL: under 12).
+MIN_FEATURES = 16
 
 
 def lean_decoding_problem(model: nn.Module, generation_config: GenerationConfig | None, kwargs: dict) -> str | None:
@@ -120,11 +122,13 @@ def lean_decode(
 # ----------------------------------------------------------------------------------------------------------------
 # Linear layers with transposed weights
 # ----------------------------------------------------------------------------------------------------------------
-# nn.Linear computes x W^T from W stored (out, in): on CPU the matrix kernel reads W transposed, which for the few rows
-# of a decoding step is markedly slower than reading a (in, out) copy, and gives the same bits (MKL, from MIN_ROWS
-# rows up; checked by tests/hf_transformer/test_lean_decoding.py). The copies are made once per weight and version
+# nn.Linear computes x W^T from W stored (out, in): on CPU the matrix kernel reads W transposed. For the few rows of a
+# decoding step, reading a (in, out) copy instead is faster for the output layer (1.2-2.3x, the largest matrix of a
+# step) and the square attention projections (up to 2x at 4 rows), not for the FFN's (measured one thread, weights
+# out of cache), and gives the same bits (MKL, from MIN_ROWS rows and MIN_FEATURES outputs up; checked by
+# tests/hf_transformer/test_lean_decoding.py over a range of shapes). The copies are made once per weight and version
 # (an in-place update, e.g. an optimizer step, makes a new one) and live as long as the weight: decoding keeps a second
-# copy of the decoder's projection weights in memory.
+# copy of those weights in memory.
 
 TRANSPOSED: dict[int, tuple[weakref.ref, int, torch.Tensor]] = {}  # id(weight) -> (weight, its version, W^T)
 
@@ -142,10 +146,11 @@ def transposed(weight: torch.Tensor) -> torch.Tensor:
 
 def project(linear: nn.Module, states: torch.Tensor) -> torch.Tensor:
     """linear(states) for states (N, 1, D_in): through the transposed weights for a float32 nn.Linear on CPU with at
-    least MIN_ROWS rows, through the module itself otherwise (other devices, dtypes, autocast, int8 modules)."""
+    least MIN_ROWS rows and MIN_FEATURES outputs, through the module itself otherwise (other devices, dtypes,
+    autocast, int8 modules, tiny layers)."""
     rows = states.shape[0]
-    if (type(linear) is not nn.Linear or rows < MIN_ROWS or states.device.type != "cpu"
-            or states.dtype != torch.float32 or linear.weight.dtype != torch.float32
+    if (type(linear) is not nn.Linear or rows < MIN_ROWS or linear.out_features < MIN_FEATURES
+            or states.device.type != "cpu" or states.dtype != torch.float32 or linear.weight.dtype != torch.float32
             or torch.is_autocast_enabled("cpu")):
         return linear(states)
     flat = states.reshape(rows, states.shape[-1])
@@ -177,7 +182,7 @@ class CachedDecoder:
         self.heads, self.head_dim = first.num_heads, first.head_dim
         self.max_positions = max_length - 1  # positions after the start token: at most max_length - 1
         # §3.2.3 encoder-decoder attention: keys and values from the encoder output, projected once per sentence
-        # (from the K copies where a sentence has fewer than MIN_ROWS rows, see below).
+        # (from all K copies where the sentences hold fewer than MIN_ROWS source positions in all).
         once = encoder_output.shape[0] * encoder_output.shape[1] // beams >= MIN_ROWS
         states = encoder_output[::beams] if once else encoder_output
         self.cross = []
@@ -206,15 +211,10 @@ class CachedDecoder:
         for index, layer in enumerate(self.layers):
             hidden = layer.sublayer(hidden, layer.self_attn_layer_norm, partial(self.self_attention, index))
             hidden = layer.sublayer(hidden, layer.encoder_attn_layer_norm, partial(self.cross_attention, index))
-            hidden = layer.sublayer(hidden, layer.final_layer_norm, partial(self.feed_forward, index))
+            hidden = layer.sublayer(hidden, layer.final_layer_norm, layer.feed_forward)
         if decoder.layer_norm is not None:
             hidden = decoder.layer_norm(hidden)
         return project(self.lm_head, hidden)[:, -1]  # (N, V)
-
-    def feed_forward(self, index: int, states: torch.Tensor) -> torch.Tensor:
-        """The layer's FFN (§3.3, VaswaniLayer.feed_forward) through `project`."""
-        layer = self.layers[index]
-        return project(layer.fc2, layer.activation_dropout(layer.activation_fn(project(layer.fc1, states))))
 
     def self_attention(self, index: int, states: torch.Tensor) -> torch.Tensor:
         """Causal self-attention of the new position over positions 0..P (§3.2.3): the newest query may see every
@@ -306,6 +306,8 @@ def greedy_search(decoder: CachedDecoder, starts: torch.LongTensor, config: Gene
 # ----------------------------------------------------------------------------------------------------------------
 # Beam search
 # ----------------------------------------------------------------------------------------------------------------
+
+
 class BeamState:
     """The library's beam search state for B sentences and K beams: the running beams and the finished ones."""
 

@@ -205,3 +205,35 @@ def test_quantize_int8_refuses_a_model_off_the_cpu():
                            return_value=torch.device("meta")):
         with pytest.raises(ValueError, match="runs on CPU"):
             quantize_int8(model)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Projections through transposed weights
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("rows", [1, 3, 4, 5, 16, 64, 65])
+@pytest.mark.parametrize("shape", [(8, 16), (12, 64), (16, 8), (32, 32), (101, 32), (256, 256), (512, 2048),
+                                   (2048, 512), (8000, 256)])
+def test_projection_through_transposed_weights_gives_the_modules_bits(rows, shape):
+    """The lean loop's exactness on CPU rests on this: x @ (W^T copy) equals nn.Linear's x W^T bit for bit from
+    MIN_ROWS rows and MIN_FEATURES outputs up (MKL uses other kernels below; `project` then calls the module)."""
+    generator = torch.Generator().manual_seed(rows)
+    out_features, in_features = shape
+    for bias in (True, False):
+        linear = torch.nn.Linear(in_features, out_features, bias=bias)
+        states = torch.randn(rows, 1, in_features, generator=generator)
+        assert torch.equal(generation_vaswani.project(linear, states), linear(states)), bias
+
+
+def test_transposed_weights_follow_in_place_updates():
+    linear = torch.nn.Linear(16, 32)
+    states = torch.randn(6, 1, 16, generator=torch.Generator().manual_seed(0))
+    first = generation_vaswani.project(linear, states)
+    with torch.no_grad():
+        linear.weight.mul_(2.0)  # an optimizer step, a load_state_dict: the cached copy is stale
+    assert torch.equal(generation_vaswani.project(linear, states), linear(states))
+    assert not torch.equal(first, linear(states))
+    key = id(linear.weight)
+    del linear
+    assert key not in generation_vaswani.TRANSPOSED  # the copy goes with its weight
