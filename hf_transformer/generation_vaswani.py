@@ -72,6 +72,11 @@ def lean_decoding_problem(model: nn.Module, generation_config: GenerationConfig 
         return "a decoder-only model"
     if model.training:
         return "the model is in training mode (dropout)"
+    if getattr(model, "hf_device_map", None) or any(module._forward_hooks or module._forward_pre_hooks
+                                                     for module in model.modules()):
+        # the loop calls the layers' parts itself, past their forward: hooks there (FSDP's, a device map's, a
+        # user's) would not run
+        return "forward hooks on the model's modules (FSDP, a device map, or hooks of your own)"
     settings = [("the call", kwargs)]
     settings += [("generation_config", generation_config.to_dict())] if generation_config is not None else []
     settings += [("model.generation_config", model.generation_config.to_dict())]

@@ -157,6 +157,10 @@ def test_plain_requests_take_the_lean_loop_and_others_the_librarys():
     altered.generation_config.no_repeat_ngram_size = 3  # the model's own settings count too
     assert not decodes_with_lean_loop(altered, **inputs)
     assert not decodes_with_lean_loop(copy.deepcopy(model).train(), **inputs)  # dropout: the library's loop
+    hooked = copy.deepcopy(model)  # the loop goes past the layers' forward: hooks there (FSDP's, yours) would not run
+    calls = []
+    hooked.model.decoder.layers[1].self_attn.register_forward_hook(lambda *_: calls.append(1))
+    assert not decodes_with_lean_loop(hooked, **inputs) and calls
 
 
 def test_decoder_only_model_uses_the_librarys_loop():
