@@ -34,8 +34,8 @@ def quantize_int8(model: nn.Module) -> nn.Module:
         from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
     except ImportError as error:  # torch has announced the removal of torch.ao.quantization
         raise RuntimeError(
-            f"This torch ({torch.__version__}) has no torch.ao.quantization.quantize_dynamic: quantize with torchao, or "
-            "use the CTranslate2 backend (translate(..., backend='ctranslate2', compute_type='int8'))."
+            f"This torch ({torch.__version__}) has no torch.ao.quantization.quantize_dynamic: quantize with torchao, "
+            "or use the CTranslate2 backend (translate(..., backend='ctranslate2', compute_type='int8'))."
         ) from error
     copied = copy.deepcopy(model).eval()
     with warnings.catch_warnings():  # the deprecation notices of torch.ao.quantization, said once in the docstring

@@ -15,7 +15,8 @@ ENGINES = ["marian", "ours (library loop)", "ours", "ours int8", "ct2", "ct2 int
 def run(command: list[str], env: dict | None = None, timeout: float = 900) -> subprocess.CompletedProcess:
     proc = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout,
                           env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})})
-    assert proc.returncode == 0, f"{command}\n--- stdout ---\n{proc.stdout[-4000:]}\n--- stderr ---\n{proc.stderr[-4000:]}"
+    output = f"--- stdout ---\n{proc.stdout[-4000:]}\n--- stderr ---\n{proc.stderr[-4000:]}"
+    assert proc.returncode == 0, f"{command}\n{output}"
     return proc
 
 
