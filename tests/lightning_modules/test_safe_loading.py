@@ -316,9 +316,10 @@ def test_unknown_config_fields_load_with_a_warning_naming_them(tmp_path, caplog)
 # The exported remote code
 # ----------------------------------------------------------------------------------------------------------------
 
-#: Standard-library modules that only compute (no files, processes or sockets); numpy is a dependency of transformers.
+#: Standard-library modules that only compute (no files, processes or sockets); numpy is a dependency of transformers,
+#: PIL (pillow, a dependency) converts images in the image processor.
 PURE_MODULES = {"math", "collections", "typing", "__future__", "dataclasses", "functools", "itertools", "enum", "copy",
-                "warnings", "numpy"}
+                "warnings", "numpy", "PIL"}
 NETWORK_NAMES = {"socket", "http", "urllib", "urllib3", "requests", "httpx", "aiohttp", "huggingface_hub", "ftplib",
                  "smtplib", "subprocess", "os", "sys", "importlib", "ctypes", "pickle", "shutil", "pathlib"}
 FORBIDDEN_CALLS = {"__import__", "eval", "exec", "compile", "open", "hf_hub_download", "snapshot_download",
