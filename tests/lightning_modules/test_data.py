@@ -189,8 +189,10 @@ def test_missing_splits_and_split_slices(corpus, cache_dir, hub_module):
 
 
 def test_bad_arguments_are_explained(corpus, cache_dir):
-    with pytest.raises(ValueError, match="exactly one of dataset .* and data_files"):
-        TranslationDataModule()
+    with pytest.raises(ValueError, match="give one of dataset .* and data_files .*, not both"):
+        TranslationDataModule(dataset=corpus.hub, data_files=corpus.jsonl)
+    with pytest.raises(ValueError, match="split 'train' needs a corpus: give dataset .* or data_files"):
+        _ = TranslationDataModule(cache_dir=cache_dir).tokenizer  # a source is needed once a split is read
     with pytest.raises(ValueError, match="exactly one of max_tokens and batch_size.*set the other to null"):
         _make(corpus.hub, cache_dir, batch_size=32)
     with pytest.raises(ValueError, match=r"max_tokens=100 is smaller than the longest allowed example"):
