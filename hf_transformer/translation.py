@@ -27,6 +27,7 @@ from typing import IO, Any
 
 import torch
 from transformers import AutoModelForSeq2SeqLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers.utils import logging as transformers_logging
 
 from .pipeline_vaswani import (
     EXTRA_OUTPUT_TOKENS,
@@ -235,6 +236,7 @@ def parse_translate_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     """`hf-transformer translate MODEL [-i FILE] [-o FILE] ...`; returns the exit status."""
     args = parse_translate_args(argv)
+    transformers_logging.disable_progress_bar()  # no "Loading weights" bar between the translations
     try:
         model, tokenizer = load_translator(args.model, args.backend, args.compute_type, args.device)
         source = open(args.input, "rb") if args.input else sys.stdin.buffer

@@ -22,5 +22,6 @@ from .progress import StepProgressBar
 from .results import EvaluationOutputs
 from .throughput import TokenThroughput
 
-__all__ = ["CheckpointAveragingCallback", "EvaluationOutputs", "HFExportCallback", "HubPushCallback", "LastCheckpoint", "LearningCurves",
-           "NonFiniteLossError", "NonFiniteLossGuard", "PeriodicCheckpoint", "StepProgressBar", "TokenThroughput", "build_model_card"]
+__all__ = ["CheckpointAveragingCallback", "EvaluationOutputs", "HFExportCallback", "HubPushCallback", "LastCheckpoint",
+           "LearningCurves", "NonFiniteLossError", "NonFiniteLossGuard", "PeriodicCheckpoint", "StepProgressBar",
+           "TokenThroughput", "build_model_card"]

@@ -230,6 +230,18 @@ def check_languages(source_lang: str, target_lang: str) -> None:
         raise ValueError(f"source_lang and target_lang must differ, both are {source_lang!r}")
 
 
+def check_lengths(max_length_ratio: float, overlong: str, longest: int, batching: dict[str, int | None]) -> None:
+    """The length-cleaning settings, and batches (training, evaluation) that hold the longest allowed example."""
+    if overlong not in ("drop", "truncate"):
+        raise ValueError(f"overlong must be 'drop' or 'truncate', got {overlong!r}")
+    if isinstance(max_length_ratio, bool) or not isinstance(max_length_ratio, (int, float)) or max_length_ratio < 1:
+        raise ValueError(f"max_length_ratio must be a number >= 1, got {max_length_ratio!r}")
+    for prefix in ("", "eval_"):
+        budget, size = f"{prefix}max_tokens", f"{prefix}batch_size"
+        check_batching(budget, batching[budget], size, batching[size], longest,
+                       "max(max_source_length, max_target_length)")
+
+
 def language_suffix(path: str) -> str:
     """The language a plain-text file's name says: `train.de.gz` -> "de", `val.en` -> "en" ("" for none)."""
     suffixes = [suffix.lower() for suffix in Path(path).suffixes]
@@ -378,8 +390,6 @@ class TranslationDataModule(CorpusDataModule):
                          tokenizer_path, vocab_size, cache_dir, num_workers, seed)
         if self.data_files is not None:
             self.data_files = order_text_pairs(self.data_files, source_lang, target_lang)
-        if overlong not in ("drop", "truncate"):
-            raise ValueError(f"overlong must be 'drop' or 'truncate', got {overlong!r}")
         for name, value, minimum, optional in (
             ("max_source_length", max_source_length, 2, False), ("max_target_length", max_target_length, 2, False),
             ("num_proc", num_proc, 1, False), ("streaming_buffer_size", streaming_buffer_size, 1, False),
@@ -388,11 +398,9 @@ class TranslationDataModule(CorpusDataModule):
             ("batch_size", batch_size, 1, True), ("eval_max_tokens", eval_max_tokens, 1, True),
             ("eval_batch_size", eval_batch_size, 1, True)):
             check_int(name, value, minimum, optional)
-        if isinstance(max_length_ratio, bool) or not isinstance(max_length_ratio, (int, float)) or max_length_ratio < 1:
-            raise ValueError(f"max_length_ratio must be a number >= 1, got {max_length_ratio!r}")
-        longest = max(max_source_length, max_target_length), "max(max_source_length, max_target_length)"
-        check_batching("max_tokens", max_tokens, "batch_size", batch_size, *longest)
-        check_batching("eval_max_tokens", eval_max_tokens, "eval_batch_size", eval_batch_size, *longest)
+        check_lengths(max_length_ratio, overlong, max(max_source_length, max_target_length),
+                      {"max_tokens": max_tokens, "batch_size": batch_size, "eval_max_tokens": eval_max_tokens,
+                       "eval_batch_size": eval_batch_size})
         self.streaming, self.streaming_buffer_size, self.num_proc = streaming, streaming_buffer_size, num_proc
         self.tokenizer_training_pairs, self.predict_file = tokenizer_training_pairs, predict_file
         self.validation_sample = validation_sample

@@ -14,7 +14,8 @@ import torch
 from data_utils import multi30k_lines
 from helpers import REPO_ROOT, hub_env, run_python
 
-from hf_transformer import VaswaniConfig, VaswaniForConditionalGeneration, iter_parallel_texts, train_tokenizer, translate
+from hf_transformer import VaswaniConfig, VaswaniForConditionalGeneration, iter_parallel_texts, train_tokenizer
+from hf_transformer import translate
 from hf_transformer.translation import main
 
 LINES = 12

@@ -55,8 +55,9 @@ def files(tmp_path_factory) -> dict[str, object]:
 
 
 def module(files, tmp_path, **kwargs) -> TranslationDataModule:
-    kwargs.setdefault("data_files", {"train": [str(files["root"] / "train.de.gz"), str(files["root"] / "train.en.gz")],
-                                     "validation": [str(files["root"] / "val.de.gz"), str(files["root"] / "val.en.gz")]})
+    root = files["root"]
+    kwargs.setdefault("data_files", {"train": [str(root / "train.de.gz"), str(root / "train.en.gz")],
+                                     "validation": [str(root / "val.de.gz"), str(root / "val.en.gz")]})
     return TranslationDataModule(source_lang="de", target_lang="en", tokenizer_path=files["tokenizer"],
                                  cache_dir=str(tmp_path / "cache"), eval_batch_size=16, **kwargs)
 

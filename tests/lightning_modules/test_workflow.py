@@ -181,3 +181,29 @@ def test_averaging_a_run_needs_only_its_checkpoints(run, tmp_path):
     assert "- Languages: en, de" in card and "`synthetic English-German number words`" in card
     assert "fit --config" in card.split("Command:")[1] and "- Global step: 40" in card
     assert "hf-transformer test --ckpt_path <this folder>" in card
+
+
+def test_comet_is_an_optional_extra(monkeypatch):
+    """COMET scores the test set when asked and installed (here a stand-in `comet` package that records what it is
+    given); without the package the message says how to get it."""
+    import types
+
+    from lightning_modules.tasks.metrics import comet_score
+
+    monkeypatch.setitem(sys.modules, "comet", None)
+    with pytest.raises(ImportError, match="pip install unbabel-comet"):
+        comet_score("Unbabel/wmt22-comet-da", ["a"], ["b"], ["c"])
+    seen = {}
+
+    class Scorer:
+        def predict(self, rows, batch_size, gpus, progress_bar):
+            seen.update(rows=rows, gpus=gpus)
+            return types.SimpleNamespace(system_score=0.8125)
+
+    fake = types.ModuleType("comet")
+    fake.download_model = lambda name: seen.setdefault("downloaded", name)
+    fake.load_from_checkpoint = lambda path: Scorer()
+    monkeypatch.setitem(sys.modules, "comet", fake)
+    assert comet_score("Unbabel/wmt22-comet-da", ["ein Hund"], ["a dog"], ["a dog runs"]) == 81.25
+    assert seen["rows"] == [{"src": "ein Hund", "mt": "a dog", "ref": "a dog runs"}]
+    assert seen["downloaded"] == "Unbabel/wmt22-comet-da"
