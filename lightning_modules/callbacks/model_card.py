@@ -109,7 +109,7 @@ def weights_lines(weights: dict[str, Any]) -> list[str]:
     line = f"- These are the {WEIGHT_KINDS.get(kind, kind)}"
     if kind == "best" and weights.get("score") is not None:
         line += f" ({weights.get('monitor')} {weights['score']:.4g})"
-    if weights.get("step") is not None:
+    if weights.get("step") is not None and kind != "average":
         line += f", step {weights['step']}"
     if kind == "average":
         line += f": {weights.get('checkpoints', '?')}"

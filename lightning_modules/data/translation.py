@@ -294,8 +294,8 @@ def order_text_pairs(data_files: dict[str, list[str]], source_lang: str,
             ordered[name] = [files[suffixes.index(source_lang)], files[suffixes.index(target_lang)]]
         else:
             raise ValueError(
-                f"data_files[{name!r}] = {files}: the file names say languages {suffixes} but source_lang/"
-                f"target_lang are {source_lang!r}/{target_lang!r}: name the files *.{source_lang} and "
+                f"data_files[{name!r}] = {files}: the file names say languages {suffixes}, not source_lang="
+                f"{source_lang!r} and target_lang={target_lang!r}: name the files *.{source_lang} and "
                 f"*.{target_lang} (optionally .gz), or set source_lang/target_lang to the languages of the files"
             )
     return ordered

@@ -71,8 +71,8 @@ def test_text_files_are_matched_to_their_languages_by_suffix(files, tmp_path):
     assert by_prefix == first  # fairseq style: the prefix of train.de.gz and train.en.gz
     (tmp_path / "a.fr").write_text("Bonjour\n", encoding="utf-8")
     (tmp_path / "a.en").write_text("Hello\n", encoding="utf-8")
-    with pytest.raises(ValueError, match=r"the file names say languages \['fr', 'en'\] but source_lang/target_lang "
-                                         r"are 'de'/'en'"):
+    with pytest.raises(ValueError, match=r"the file names say languages \['fr', 'en'\], not source_lang='de' and "
+                                         r"target_lang='en': name the files \*.de and \*.en"):
         module(files, tmp_path, data_files={"train": [str(tmp_path / "a.fr"), str(tmp_path / "a.en")]})
 
 
