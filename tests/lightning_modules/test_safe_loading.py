@@ -408,7 +408,7 @@ def test_the_hub_token_is_never_written_or_logged(tmp_path):
     files = [path for path in root.rglob("*") if path.is_file()]
     names = {path.name for path in files}
     assert {"hparams.yaml", "metrics.csv", "last.ckpt", "config.json", "README.md", "model.safetensors"} <= names
-    card = (Path(result["log_dir"]) / "hf_model" / "README.md").read_text()
+    card = (root / "hf_model" / "README.md").read_text()  # the run directory: default_root_dir
     assert "fit --trainer.callbacks.init_args.token '***' '--token=***'" in card  # the command line, redacted
     for token in (ENV_TOKEN, ARGUMENT_TOKEN):
         assert token not in proc.stdout and token not in proc.stderr, token
