@@ -8,8 +8,8 @@ engines give both outputs (teacher forced), and why (see `explain`): decoded aga
 BLEU (sacreBLEU, detokenised, against the English references) is reported for every engine.
 
     hf-transformer fit --config <config> ...             # a trained Multi30k de->en model (see the report)
-    python benchmarks/ctranslate2_exactness.py --model runs/multi30k/hf_model --threads 1
-    python benchmarks/ctranslate2_exactness.py --model runs/multi30k/hf_model --limit 50    # quick look
+    python -m benchmarks.ctranslate2_exactness --model runs/multi30k/hf_model --threads 1
+    python -m benchmarks.ctranslate2_exactness --model runs/multi30k/hf_model --limit 50    # quick look
 
 Writes benchmarks/results/ctranslate2_exactness.json (or --output).
 """
@@ -18,21 +18,24 @@ from __future__ import annotations
 
 import argparse
 import copy
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1])]  # common, the repo
+import ctranslate2
+import sacrebleu
+import torch
+from transformers import (
+    AutoModelForSeq2SeqLM,
+    AutoTokenizer,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
 
-import ctranslate2  # noqa: E402
-import sacrebleu  # noqa: E402
-import torch  # noqa: E402
-from transformers import AutoModelForSeq2SeqLM, AutoTokenizer  # noqa: E402
+from benchmarks import common
+from hf_transformer.ctranslate2 import CTranslate2Model, convert_to_ctranslate2
+from hf_transformer.translation import paper_generation_config
 
-import common  # noqa: E402
-from hf_transformer.ctranslate2 import CTranslate2Model, convert_to_ctranslate2  # noqa: E402
-from hf_transformer.translation import paper_generation_config  # noqa: E402
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -121,6 +124,40 @@ def explain(model, model64, engine, source: list[int], ours: list[int], theirs: 
     return entry
 
 
+def report(args: argparse.Namespace, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, sources: list[str],
+           references: list[str], outputs: dict[str, list[list[int]]], seconds: dict[str, float],
+           differences: list[dict]) -> None:
+    """Print the table (identical outputs, BLEU, time per engine) and the float32 differences; write the JSON."""
+    alpha = model.generation_config.length_penalty
+    rows, results = [], {}
+    for name, decoded in outputs.items():
+        texts = tokenizer.batch_decode(decoded, skip_special_tokens=True)
+        bleu = sacrebleu.corpus_bleu(texts, [references]).score
+        identical = sum(a == b for a, b in zip(decoded, outputs["pytorch float32"]))
+        results[name] = {"bleu": bleu, "identical_to_pytorch": identical, "seconds": seconds[name]}
+        rows.append([name, f"{identical}/{len(sources)}", f"{bleu:.2f}", f"{seconds[name]:.1f}"])
+    common.print_table(f"Multi30k test2016 de->en, beam 4, alpha {alpha}, {args.threads} thread(s)",
+                       ["engine", "identical to ours", "BLEU", "seconds"], rows)
+    for entry in differences:
+        scores = " / ".join(f"{entry[f'scores_{e}']['ours']:.4f} vs {entry[f'scores_{e}']['theirs']:.4f} ({e})"
+                            for e in ("pytorch", "ctranslate2"))
+        print(f"\n#{entry['index']}: {entry['source']}\n  pytorch:     {entry['pytorch']}\n"
+              f"  ctranslate2: {entry['ctranslate2']}\n  scores (pytorch's output vs CTranslate2's): {scores}\n"
+              f"  {entry['explanation']}")
+    payload = {
+        "benchmark": "ctranslate2_exactness", "model": args.model, "sentences": len(sources),
+        "num_beams": model.generation_config.num_beams, "length_penalty": alpha, "batch_size": args.batch_size,
+        "environment": common.environment(torch.device("cpu"), None),
+        "ctranslate2": ctranslate2.__version__,
+        "results": results,
+        "int8_bleu_minus_float32": results["ctranslate2 int8"]["bleu"] - results["ctranslate2 float32"]["bleu"],
+        "differences_float32": differences,
+        "unexplained_differences_float32": sum(not entry["explained"] for entry in differences),
+    }
+    args.tiny = False
+    common.write_json("ctranslate2_exactness", args, payload)
+
+
 def main() -> None:
     args = parse_args()
     torch.set_num_threads(args.threads)
@@ -131,7 +168,6 @@ def main() -> None:
     model = AutoModelForSeq2SeqLM.from_pretrained(args.model).eval()
     tokenizer = AutoTokenizer.from_pretrained(args.model)
     encoded = tokenizer(sources)["input_ids"]
-    alpha = model.generation_config.length_penalty
     eos = model.generation_config.eos_token_id
     model64 = copy.deepcopy(model).double()  # the reference without float32 rounding, for the explanations
 
@@ -167,33 +203,7 @@ def main() -> None:
                 entry.update(explain(model, model64, float32, encoded[index], ours, theirs, config, eos))
                 differences.append(entry)
 
-    rows, results = [], {}
-    for name, decoded in outputs.items():
-        texts = tokenizer.batch_decode(decoded, skip_special_tokens=True)
-        bleu = sacrebleu.corpus_bleu(texts, [references]).score
-        identical = sum(a == b for a, b in zip(decoded, reference))
-        results[name] = {"bleu": bleu, "identical_to_pytorch": identical, "seconds": seconds[name]}
-        rows.append([name, f"{identical}/{len(sources)}", f"{bleu:.2f}", f"{seconds[name]:.1f}"])
-    common.print_table(f"Multi30k test2016 de->en, beam 4, alpha {alpha}, {args.threads} thread(s)",
-                       ["engine", "identical to ours", "BLEU", "seconds"], rows)
-    for entry in differences:
-        scores = " / ".join(f"{entry[f'scores_{e}']['ours']:.4f} vs {entry[f'scores_{e}']['theirs']:.4f} ({e})"
-                            for e in ("pytorch", "ctranslate2"))
-        print(f"\n#{entry['index']}: {entry['source']}\n  pytorch:     {entry['pytorch']}\n"
-              f"  ctranslate2: {entry['ctranslate2']}\n  scores (pytorch's output vs CTranslate2's): {scores}\n"
-              f"  {entry['explanation']}")
-    payload = {
-        "benchmark": "ctranslate2_exactness", "model": args.model, "sentences": len(sources),
-        "num_beams": model.generation_config.num_beams, "length_penalty": alpha, "batch_size": args.batch_size,
-        "environment": common.environment(torch.device("cpu"), None),
-        "ctranslate2": ctranslate2.__version__,
-        "results": results,
-        "int8_bleu_minus_float32": results["ctranslate2 int8"]["bleu"] - results["ctranslate2 float32"]["bleu"],
-        "differences_float32": differences,
-        "unexplained_differences_float32": sum(not entry["explained"] for entry in differences),
-    }
-    args.tiny = False
-    common.write_json("ctranslate2_exactness", args, payload)
+    report(args, model, tokenizer, sources, references, outputs, seconds, differences)
 
 
 if __name__ == "__main__":

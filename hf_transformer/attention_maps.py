@@ -31,6 +31,7 @@ from transformers import (
     PreTrainedModel,
     PreTrainedTokenizerBase,
 )
+from transformers.modeling_outputs import Seq2SeqLMOutput
 
 from .translation import paper_generation_config
 
@@ -96,6 +97,40 @@ def draw_heatmaps(
     return path
 
 
+def check_request(model: PreTrainedModel, source: str, layer: int, heads: str) -> int:
+    """The arguments of `attention_maps`, checked; returns the layer index counted from the first."""
+    if heads not in ("mean", "all"):
+        raise ValueError(f"heads must be 'mean' (average the heads) or 'all' (one panel per head), got {heads!r}")
+    if not source.strip():
+        raise ValueError("source is empty: give the sentence to translate")
+    if not getattr(model.config, "is_encoder_decoder", False):
+        raise ValueError("attention maps need a translation (encoder-decoder) model; this one is decoder-only")
+    layers = model.config.decoder_layers
+    if not -layers <= layer < layers:
+        raise ValueError(f"layer must be in [{-layers}, {layers - 1}] (the model has {layers} decoder layers), "
+                         f"got {layer}")
+    return layer % layers
+
+
+def draw_all(outputs: Seq2SeqLMOutput, cross: np.ndarray, alignment: np.ndarray, layer: int, heads: str, source_labels: list[str],
+             target_labels: list[str], decoder_labels: list[str], folder: Path) -> None:
+    """The three PNGs of `attention_maps`: cross-attention (heads averaged or one panel per head), encoder and
+    decoder self-attention (one panel per head)."""
+    head_titles = [f"head {h}" for h in range(cross.shape[0])]
+    if heads == "mean":
+        draw_heatmaps([alignment], [f"cross-attention, layer {layer}, heads averaged"], target_labels, source_labels,
+                      folder / "cross_attention.png", "source", "output")
+    else:
+        draw_heatmaps(list(cross), [f"cross-attention L{layer} {t}" for t in head_titles], target_labels,
+                      source_labels, folder / "cross_attention.png", "source", "output")
+    encoder_self = outputs.encoder_attentions[layer][0].float().cpu().numpy()  # (H, S, S)
+    draw_heatmaps(list(encoder_self), [f"encoder self-attention L{layer} {t}" for t in head_titles], source_labels,
+                  source_labels, folder / "encoder_self_attention.png", "key", "query")
+    decoder_self = outputs.decoder_attentions[layer][0].float().cpu().numpy()  # (H, T, T), causal
+    draw_heatmaps(list(decoder_self), [f"decoder self-attention L{layer} {t}" for t in head_titles],
+                  decoder_labels, decoder_labels, folder / "decoder_self_attention.png", "key", "query")
+
+
 @torch.no_grad()
 def attention_maps(
     model: PreTrainedModel,
@@ -112,17 +147,7 @@ def attention_maps(
     layer: decoder (and encoder) layer to show; negative counts from the last.
     heads: "mean" averages the cross-attention heads in one panel; "all" draws one panel per head.
     """
-    if heads not in ("mean", "all"):
-        raise ValueError(f"heads must be 'mean' (average the heads) or 'all' (one panel per head), got {heads!r}")
-    if not source.strip():
-        raise ValueError("source is empty: give the sentence to translate")
-    if not getattr(model.config, "is_encoder_decoder", False):
-        raise ValueError("attention maps need a translation (encoder-decoder) model; this one is decoder-only")
-    layers = model.config.decoder_layers
-    if not -layers <= layer < layers:
-        raise ValueError(f"layer must be in [{-layers}, {layers - 1}] (the model has {layers} decoder layers), "
-                         f"got {layer}")
-    layer = layer % layers
+    layer = check_request(model, source, layer, heads)
     model.eval()
     encoded = tokenizer(source, return_tensors="pt", truncation=True,
                         max_length=model.config.max_position_embeddings)
@@ -152,20 +177,8 @@ def attention_maps(
     }
     (folder / "alignment.json").write_text(json.dumps(result, ensure_ascii=False, indent=1), encoding="utf-8")
 
-    head_titles = [f"head {h}" for h in range(cross.shape[0])]
-    if heads == "mean":
-        draw_heatmaps([alignment], [f"cross-attention, layer {layer}, heads averaged"], target_labels, source_labels,
-                      folder / "cross_attention.png", "source", "output")
-    else:
-        draw_heatmaps(list(cross), [f"cross-attention L{layer} {t}" for t in head_titles], target_labels,
-                      source_labels, folder / "cross_attention.png", "source", "output")
-    encoder_self = outputs.encoder_attentions[layer][0].float().cpu().numpy()  # (H, S, S)
-    draw_heatmaps(list(encoder_self), [f"encoder self-attention L{layer} {t}" for t in head_titles], source_labels,
-                  source_labels, folder / "encoder_self_attention.png", "key", "query")
-    decoder_self = outputs.decoder_attentions[layer][0].float().cpu().numpy()  # (H, T, T), causal
-    decoder_labels = token_labels(tokenizer, decoder_input_ids[0].tolist())
-    draw_heatmaps(list(decoder_self), [f"decoder self-attention L{layer} {t}" for t in head_titles],
-                  decoder_labels, decoder_labels, folder / "decoder_self_attention.png", "key", "query")
+    draw_all(outputs, cross, alignment, layer, heads, source_labels, target_labels,
+             token_labels(tokenizer, decoder_input_ids[0].tolist()), folder)
     return result
 
 

@@ -247,6 +247,20 @@ def load_translation_model(source: str | os.PathLike) -> tuple[PreTrainedModel, 
     return model, tokenizer
 
 
+def one_token_generation_config(model: PreTrainedModel) -> GenerationConfig:
+    """A copy of the model's generation config with one end token and one decoder start token (CTranslate2 takes
+    one of each), filled in from the model config where the generation config leaves them unset."""
+    generation_config = GenerationConfig.from_dict(model.generation_config.to_dict())  # a copy: filled in below
+    for name in ("eos_token_id", "decoder_start_token_id"):
+        value = getattr(generation_config, name, None)
+        if value is None:
+            setattr(generation_config, name, getattr(model.config, name))
+        elif not isinstance(value, int):
+            raise ValueError(f"Cannot convert to CTranslate2: generation_config.{name}={value!r}: one id is needed.")
+
+    return generation_config
+
+
 def convert_to_ctranslate2(
     model: str | os.PathLike | PreTrainedModel,
     output_dir: str | os.PathLike,
@@ -274,14 +288,7 @@ def convert_to_ctranslate2(
     else:
         model, loaded_tokenizer = load_translation_model(model)
         tokenizer = tokenizer if tokenizer is not None else loaded_tokenizer
-    generation_config = GenerationConfig.from_dict(model.generation_config.to_dict())  # a copy: filled in below
-    for name in ("eos_token_id", "decoder_start_token_id"):
-        value = getattr(generation_config, name, None)
-        if value is None:
-            setattr(generation_config, name, getattr(model.config, name))
-        elif not isinstance(value, int):
-            raise ValueError(f"Cannot convert to CTranslate2: generation_config.{name}={value!r}: one id is needed.")
-
+    generation_config = one_token_generation_config(model)
     tokens = vocabulary(tokenizer, model.config.vocab_size)
     unk_token = tokenizer.unk_token if tokenizer.unk_token in tokens else tokens[0]
     spec = build_spec(model, tokens, unk_token, generation_config)

@@ -70,6 +70,20 @@ def _build_backend() -> Tokenizer:
     return backend
 
 
+def append_eos(backend: Tokenizer) -> None:
+    """Check the special tokens' ids and make the tokenizer append `</s>` to every sequence (pairs too)."""
+    for token, expected_id in SPECIAL_TOKEN_IDS.items():
+        actual_id = backend.token_to_id(token)
+        if actual_id != expected_id:  # would be a bug of this module or of `tokenizers`, never of the input
+            raise RuntimeError(f"special token {token} got id {actual_id}, expected {expected_id}")
+    eos_id = SPECIAL_TOKEN_IDS[EOS_TOKEN]
+    backend.post_processor = processors.TemplateProcessing(
+        single=f"$A:0 {EOS_TOKEN}:0",
+        pair=f"$A:0 {EOS_TOKEN}:0 $B:1 {EOS_TOKEN}:1",
+        special_tokens=[(EOS_TOKEN, eos_id)],
+    )
+
+
 def train_tokenizer(
     texts: Iterable[str],
     vocab_size: int = 37000,
@@ -118,16 +132,7 @@ def train_tokenizer(
             "e.g. train_tokenizer(iter_parallel_texts(zip(sources, targets)))"
         )
 
-    for token, expected_id in SPECIAL_TOKEN_IDS.items():
-        actual_id = backend.token_to_id(token)
-        if actual_id != expected_id:  # would be a bug of this module or of `tokenizers`, never of the input
-            raise RuntimeError(f"special token {token} got id {actual_id}, expected {expected_id}")
-    eos_id = SPECIAL_TOKEN_IDS[EOS_TOKEN]
-    backend.post_processor = processors.TemplateProcessing(
-        single=f"$A:0 {EOS_TOKEN}:0",
-        pair=f"$A:0 {EOS_TOKEN}:0 $B:1 {EOS_TOKEN}:1",
-        special_tokens=[(EOS_TOKEN, eos_id)],
-    )
+    append_eos(backend)
 
     return PreTrainedTokenizerFast(
         tokenizer_object=backend,

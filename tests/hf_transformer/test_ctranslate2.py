@@ -245,10 +245,9 @@ def test_exactness_benchmark_runs_and_explains(tmp_path):
     model = train_reverse_model(100, seed=3, vocab_size=len(tokenizer), max_position_embeddings=128)
     model.save_pretrained(tmp_path / "model")
     tokenizer.save_pretrained(tmp_path / "model")
-    script = REPO_ROOT / "benchmarks" / "ctranslate2_exactness.py"
-    proc = subprocess.run([sys.executable, str(script), "--model", str(tmp_path / "model"), "--limit", "12",
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.ctranslate2_exactness", "--model", str(tmp_path / "model"), "--limit", "12",
                            "--output", str(tmp_path / "result.json")], capture_output=True, text=True, timeout=600,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+                          env={**os.environ, "OMP_NUM_THREADS": "1"}, cwd=REPO_ROOT)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads((tmp_path / "result.json").read_text())
     assert result["sentences"] == 12 and result["results"]["pytorch float32"]["identical_to_pytorch"] == 12
