@@ -18,6 +18,7 @@ BASE_CONFIG_KEYS = frozenset({
     "auto_map", "model_type", "name_or_path", "_name_or_path", "torch_dtype", "num_labels", "output_attentions",
     "attn_implementation", "experts_implementation", "per_layer_config", "_commit_hash", "rope_scaling", "rope_theta",
     "rope_parameters", "_attn_implementation_internal", "_experts_implementation_internal",
+    "custom_pipelines",  # read by pipeline(): an exported folder names its translation pipeline there
 })
 
 POSITION_EMBEDDING_TYPES = ("sinusoidal", "learned", "relative")
