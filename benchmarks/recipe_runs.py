@@ -1,0 +1,96 @@
+"""What the chorale and pixel benchmarks share: they run the project's recipes through its own CLI (as `hf-transformer
+fit` would, from a working folder that holds the recipes' runs/ and cache/ paths), score the best checkpoint, and
+report the machine, the wall time and the load beside their figures."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+import transformers
+
+from lightning_modules.cli import build_cli
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+QUIET = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
+
+
+def shown(path: Path) -> str:
+    """A path as a report shows it: relative to the repository when inside it."""
+    try:
+        return str(path.relative_to(REPO_ROOT))
+    except ValueError:
+        return str(path)
+
+
+@contextmanager
+def working_directory(folder: Path) -> Iterator[None]:
+    """Run recipes from `folder`: their run and cache paths are relative to it."""
+    previous = Path.cwd()
+    folder.mkdir(parents=True, exist_ok=True)
+    os.chdir(folder)
+    try:
+        yield
+    finally:
+        os.chdir(previous)
+
+
+def fit_and_evaluate(recipe: Path, overrides: list[str], folder: Path) -> tuple[object, dict, dict, float]:
+    """Fit `recipe` (with command-line `overrides`) from `folder`, then validate and test its best checkpoint (lowest
+    validation loss). Returns the CLI (its model holds the best weights), the validation and test metrics and the
+    seconds `fit` took."""
+    with working_directory(folder):
+        cli = build_cli(["--config", str(recipe), *QUIET, *overrides], run=False)
+        started = time.perf_counter()
+        cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+        seconds = time.perf_counter() - started
+        validation = cli.trainer.validate(cli.model, datamodule=cli.datamodule, ckpt_path="best", verbose=False)[0]
+        test = cli.trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path="best", verbose=False)[0]
+    return cli, validation, test, seconds
+
+
+def run_record(command: str, started: float, load_before: tuple[float, float, float]) -> dict:
+    """Wall time since `started` (perf_counter), the load average before and now, the machine and the date."""
+    return {
+        "wall_seconds_total": round(time.perf_counter() - started, 1),
+        "load_average_before": [round(value, 2) for value in load_before],
+        "load_average_after": [round(value, 2) for value in os.getloadavg()],
+        "command": command,
+        "machine": {"platform": platform.platform(), "torch": torch.__version__,
+                    "transformers": transformers.__version__, "threads": torch.get_num_threads(),
+                    "cpu_count": os.cpu_count()},
+        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+    }
+
+
+def parse_arguments(parser: argparse.ArgumentParser, argv: list[str] | None, workdir: Path, output: Path,
+                    what_docs_get: str) -> argparse.Namespace:
+    """The arguments both scripts take (threads, seed, folders), added to `parser`, then parsed; paths made absolute
+    (the recipes run from `--workdir`)."""
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the samples")
+    parser.add_argument("--workdir", type=Path, default=workdir,
+                        help="where the recipes run (their runs/ and cache/ folders are relative to it)")
+    parser.add_argument("--docs", type=Path, default=REPO_ROOT / "docs", help=f"where {what_docs_get} go")
+    parser.add_argument("--output", type=Path, default=output, help="the JSON report")
+    args = parser.parse_args(argv)
+    args.workdir, args.docs, args.output = args.workdir.resolve(), args.docs.resolve(), args.output.resolve()
+    return args
+
+
+def write_report(report: dict, output: Path) -> None:
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
+    print(f"\nwrote {output}")
+
+
+__all__ = ["REPO_ROOT", "fit_and_evaluate", "parse_arguments", "run_record", "shown", "working_directory",
+           "write_report"]
