@@ -3,7 +3,8 @@ sinusoidal positions, and continuations of held-out openings longer than the tra
 
 1. trains the two recipes as they are (`recipes/configs/chorales_relative.yaml` and `chorales_sinusoidal.yaml`: the
    same `VaswaniForCausalLM`, the same seed, data and batches; relative self-attention with skewing vs the paper's
-   sinusoids), through the project's CLI, writing `runs/chorales_*` like `hf-transformer fit` would;
+   sinusoids), through the project's CLI, in the run directories `runs/chorales_relative` and
+   `runs/chorales_sinusoidal` like `hf-transformer fit --config chorales_relative` would;
 2. scores each best checkpoint (lowest validation loss) on the validation and test chorales of the fixed split: the
    NLL per token in nats, every token of every held-out chorale scored once (windows of the training length, each
    from `<s>`), next to the figures the Music Transformer paper reports;
@@ -32,7 +33,6 @@ from benchmarks.recipe_runs import (
     parse_arguments,
     run_record,
     shown,
-    working_directory,
     write_report,
 )
 from lightning_modules.data.fixed_vocabulary import FIRST_SYMBOL_ID
@@ -52,7 +52,7 @@ def train_and_score(kind: str, args: argparse.Namespace) -> tuple[dict, object]:
     """Fit one recipe, then validate and test its best checkpoint. Returns the table row and the CLI (its model holds
     the best weights)."""
     overrides = ["--trainer.max_steps", "30", "--trainer.val_check_interval", "15"] if args.quick else []
-    cli, validation, test, seconds = fit_and_evaluate(RECIPES[kind], overrides, args.workdir)
+    cli, validation, test, seconds = fit_and_evaluate(RECIPES[kind], overrides, args.workdir / RECIPES[kind].stem)
     config = cli.model.model.config
     row = {
         "model": f"ours: {kind}",
@@ -108,8 +108,7 @@ def run(args: argparse.Namespace) -> dict:
         print(f"  validation NLL {row['validation_nll']:.4f}, test NLL {row['test_nll']:.4f} "
               f"({row['train_seconds']:.0f} s)", flush=True)
     table_seconds = time.perf_counter() - started
-    with working_directory(args.workdir):  # the data module's corpus path is relative to it
-        samples = continuations(clis["relative"], args)
+    samples = continuations(clis["relative"], args)
     relative, sinusoidal = rows
     return {
         "benchmark": "chorales",
@@ -150,7 +149,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="smoke run: 30 steps per model, continuations to 2x the training length")
     parser.add_argument("--samples", type=int, default=3, help="held-out openings to continue")
     parser.add_argument("--temperature", type=float, default=1.0, help="sampling temperature of the continuations")
-    return parse_arguments(parser, argv, REPO_ROOT, RESULTS_DIR / "chorales.json", "the MIDI files and the piano roll")
+    return parse_arguments(parser, argv, Path("runs"), RESULTS_DIR / "chorales.json", "the MIDI files and the piano roll")
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -300,11 +300,11 @@ def expected_error(case: CorpusCase) -> tuple[type, list[str]] | None:
         target_count = max(0, len(case.rows) + case.misaligned_by)
         return ValueError, ["not aligned", rf"'[^']*corpus\.de[^']*' has {len(case.rows)} lines",
                             rf"'[^']*corpus\.en[^']*' has {target_count}\b"]
-    if not structured:  # a text pair's columns are named after source_lang/target_lang: any name fits
+    if case.fault == "misspelled_language":  # text files: their suffixes (.de, .en) name other languages
+        return ValueError, [re.escape(f"source_lang={case.wrong_language!r}"), "corpus"]
+    if not structured:  # a text pair's columns are named after source_lang/target_lang
         return None
     columns = ["source_lang='de'|target_lang='en'", "corpus"]
-    if case.fault == "misspelled_language":
-        return ValueError, [re.escape(f"source_lang={case.wrong_language!r}"), "corpus"]
     if case.fault == "renamed_columns":
         return ValueError, columns
     no_source = all(source is None for source, _ in case.rows)

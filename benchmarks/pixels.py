@@ -43,7 +43,6 @@ from benchmarks.recipe_runs import (
     parse_arguments,
     run_record,
     shown,
-    working_directory,
     write_report,
 )
 from hf_transformer import VaswaniConfig
@@ -63,8 +62,7 @@ def recipe_model_config() -> dict:
 def train_and_score(variant: str, args: argparse.Namespace) -> tuple[dict, object]:
     """Fit the recipe with `attention_type=variant` in its own folder, then validate and test its best checkpoint."""
     model_config = {**recipe_model_config(), "attention_type": variant}
-    overrides = [f"--model.init_args.model_config={json.dumps(model_config)}",
-                 "--data.init_args.cache_dir", str(args.workdir / "cache")]
+    overrides = [f"--model.init_args.model_config={json.dumps(model_config)}"]
     if args.quick:
         overrides += ["--trainer.max_steps", "20", "--trainer.val_check_interval", "10"]
     cli, validation, test, seconds = fit_and_evaluate(RECIPE, overrides, args.workdir / variant)
@@ -152,11 +150,10 @@ def run(args: argparse.Namespace) -> dict:
         rows.append(row)
         print(f"  test {row['test_bits_per_dim']:.3f} bits/dim ({row['train_seconds']:.0f} s)", flush=True)
     table_seconds = time.perf_counter() - started
-    with working_directory(args.workdir / "local_2d"):  # the data module's paths are relative to its run folder
-        floor = background_floor(clis["local_2d"].datamodule)
-        examples, _ = clis["local_2d"].datamodule.examples("test")
-        side = clis["local_2d"].datamodule.image_size
-        grid = [ids_to_image(examples[i]["input_ids"][1:], side, 3) for i in range(args.samples)]
+    floor = background_floor(clis["local_2d"].datamodule)
+    examples, _ = clis["local_2d"].datamodule.examples("test")
+    side = clis["local_2d"].datamodule.image_size
+    grid = [ids_to_image(examples[i]["input_ids"][1:], side, 3) for i in range(args.samples)]
     for number, variant in enumerate(VARIANTS):
         grid += sample_pictures(clis[variant], args.samples, args.seed + number)
     samples = write_image_grid(grid, args.docs / "pixels_samples.png", columns=args.samples)
@@ -207,7 +204,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--samples", type=int, default=8, help="pictures per row of the sample grid")
     parser.add_argument("--measure-full-up-to", type=int, default=48,
                         help="largest picture side at which full attention's memory is measured, not computed")
-    return parse_arguments(parser, argv, REPO_ROOT / "runs" / "pixels_benchmark", RESULTS_DIR / "pixels.json",
+    return parse_arguments(parser, argv, Path("runs") / "pixels_benchmark", RESULTS_DIR / "pixels.json",
                            "the sample grid")
 
 

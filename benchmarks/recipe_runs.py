@@ -1,6 +1,6 @@
 """What the chorale and pixel benchmarks share: they run the project's recipes through its own CLI (as `hf-transformer
-fit` would, from a working folder that holds the recipes' runs/ and cache/ paths), score the best checkpoint, and
-report the machine, the wall time and the load beside their figures."""
+fit --config RECIPE --trainer.default_root_dir RUN` would; caches in the per-user cache, `$HF_TRANSFORMER_CACHE`),
+score the best checkpoint, and report the machine, the wall time and the load beside their figures."""
 
 from __future__ import annotations
 
@@ -9,8 +9,6 @@ import json
 import os
 import platform
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -31,29 +29,17 @@ def shown(path: Path) -> str:
         return str(path)
 
 
-@contextmanager
-def working_directory(folder: Path) -> Iterator[None]:
-    """Run recipes from `folder`: their run and cache paths are relative to it."""
-    previous = Path.cwd()
-    folder.mkdir(parents=True, exist_ok=True)
-    os.chdir(folder)
-    try:
-        yield
-    finally:
-        os.chdir(previous)
-
-
-def fit_and_evaluate(recipe: Path, overrides: list[str], folder: Path) -> tuple[object, dict, dict, float]:
-    """Fit `recipe` (with command-line `overrides`) from `folder`, then validate and test its best checkpoint (lowest
-    validation loss). Returns the CLI (its model holds the best weights), the validation and test metrics and the
-    seconds `fit` took."""
-    with working_directory(folder):
-        cli = build_cli(["--config", str(recipe), *QUIET, *overrides], run=False)
-        started = time.perf_counter()
-        cli.trainer.fit(cli.model, datamodule=cli.datamodule)
-        seconds = time.perf_counter() - started
-        validation = cli.trainer.validate(cli.model, datamodule=cli.datamodule, ckpt_path="best", verbose=False)[0]
-        test = cli.trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path="best", verbose=False)[0]
+def fit_and_evaluate(recipe: Path, overrides: list[str], run_dir: Path) -> tuple[object, dict, dict, float]:
+    """Fit `recipe` (with command-line `overrides`) in the run directory `run_dir`, then validate and test its best
+    checkpoint (lowest validation loss). Returns the CLI (its model holds the best weights), the validation and test
+    metrics and the seconds `fit` took."""
+    cli = build_cli(["--config", str(recipe), "--trainer.default_root_dir", str(run_dir), *QUIET, *overrides],
+                    run=False)
+    started = time.perf_counter()
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    seconds = time.perf_counter() - started
+    validation = cli.trainer.validate(cli.model, datamodule=cli.datamodule, ckpt_path="best", verbose=False)[0]
+    test = cli.trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path="best", verbose=False)[0]
     return cli, validation, test, seconds
 
 
@@ -73,12 +59,12 @@ def run_record(command: str, started: float, load_before: tuple[float, float, fl
 
 def parse_arguments(parser: argparse.ArgumentParser, argv: list[str] | None, workdir: Path, output: Path,
                     what_docs_get: str) -> argparse.Namespace:
-    """The arguments both scripts take (threads, seed, folders), added to `parser`, then parsed; paths made absolute
-    (the recipes run from `--workdir`)."""
+    """The arguments both scripts take (threads, seed, folders), added to `parser`, then parsed; paths made
+    absolute."""
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     parser.add_argument("--seed", type=int, default=0, help="seed of the samples")
     parser.add_argument("--workdir", type=Path, default=workdir,
-                        help="where the recipes run (their runs/ and cache/ folders are relative to it)")
+                        help="the folder of the run directories (caches go to the per-user cache)")
     parser.add_argument("--docs", type=Path, default=REPO_ROOT / "docs", help=f"where {what_docs_get} go")
     parser.add_argument("--output", type=Path, default=output, help="the JSON report")
     args = parser.parse_args(argv)
@@ -92,5 +78,4 @@ def write_report(report: dict, output: Path) -> None:
     print(f"\nwrote {output}")
 
 
-__all__ = ["REPO_ROOT", "fit_and_evaluate", "parse_arguments", "run_record", "shown", "working_directory",
-           "write_report"]
+__all__ = ["REPO_ROOT", "fit_and_evaluate", "parse_arguments", "run_record", "shown", "write_report"]

@@ -13,8 +13,8 @@ multi-head attention (§3.2.2), and the two self-attention variants that grew ou
 The variants enter the kernel through its additive mask, so the eager and SDPA backends compute the same thing.
 `select_attention` picks one of `full_attention`, `relative_attention`, `local_attention`, `local_2d_attention` once,
 when a `VaswaniAttention` is built; each takes the module (its heads, scaling, causality, block lengths and relative
-table) and the projected queries, keys and values. This file imports only torch and transformers: `save_pretrained` copies it
-next to the weights for `trust_remote_code`.
+table) and the projected queries, keys and values. This file imports only torch and transformers:
+`save_pretrained` copies it next to the weights for `trust_remote_code`.
 
 Notation: B batch, H heads, T queries at absolute positions P..P+T-1 (P cached positions before them),
 Lk = P + T keys, Dh head size.
@@ -401,7 +401,8 @@ def blocked_attention(
     output = output.reshape(batch, num_blocks * block, heads, head_dim)[:, lead : lead + query_length]  # (B, T, H, Dh)
     if not output_attentions:
         return output, None
-    return output, spread_block_weights(weights, batch, num_blocks, block, before, first, lead, query_length, key_length)
+    dense = spread_block_weights(weights, batch, num_blocks, block, before, first, lead, query_length, key_length)
+    return output, dense
 
 
 def spread_block_weights(

@@ -150,13 +150,16 @@ class VaswaniConfig(PreTrainedConfig):
             kwargs["auto_map"] = dict(AUTO_MAP)
         super().__post_init__(**kwargs)
         if not self.is_encoder_decoder:
-            # Decoder-only ([`VaswaniForCausalLM`]): there is no encoder, so its sizes mirror the decoder's and tools
-            # that read `num_hidden_layers` / `num_attention_heads` (the KV-cache builder of `generate()`) see the
-            # decoder's.
-            self.encoder_layers = self.decoder_layers
-            self.encoder_attention_heads = self.decoder_attention_heads
-            self.encoder_ffn_dim = self.decoder_ffn_dim
+            self.mirror_decoder_sizes()
         self.check()
+
+    def mirror_decoder_sizes(self) -> None:
+        """Decoder-only ([`VaswaniForCausalLM`]): there is no encoder, so its sizes mirror the decoder's and tools
+        that read `num_hidden_layers` / `num_attention_heads` (the KV-cache builder of `generate()`) see the
+        decoder's."""
+        self.encoder_layers = self.decoder_layers
+        self.encoder_attention_heads = self.decoder_attention_heads
+        self.encoder_ffn_dim = self.decoder_ffn_dim
 
     # Table 3 of the paper. Both take the vocabulary size because the paper's ~37k is corpus-specific.
     @classmethod
@@ -182,9 +185,7 @@ class VaswaniConfig(PreTrainedConfig):
         (as `MarianForCausalLM` takes the decoder of a Marian config). This config is left unchanged."""
         config = copy.deepcopy(self)
         config.is_encoder_decoder = False
-        config.encoder_layers = config.decoder_layers
-        config.encoder_attention_heads = config.decoder_attention_heads
-        config.encoder_ffn_dim = config.decoder_ffn_dim
+        config.mirror_decoder_sizes()
         return config
 
     def check(self) -> None:

@@ -3,10 +3,11 @@
 Resize to image_size x image_size, rescale to [0, 1], normalise per channel with `image_mean` / `image_std`.
 `save_pretrained` writes `preprocessor_config.json` with an `auto_map` entry and copies this file next to it, so
 `AutoImageProcessor.from_pretrained(folder, trust_remote_code=True)` works where this package is not installed.
-This file imports only numpy and transformers (PIL through transformers' PIL backend).
+This file imports only numpy, PIL and transformers.
 """
 
 import numpy as np
+from PIL import Image
 from transformers.image_processing_backends import PilBackend
 from transformers.image_utils import PILImageResampling
 
@@ -53,6 +54,10 @@ class VaswaniImageProcessor(PilBackend):
 
     def process_image(self, image, *args, **kwargs) -> np.ndarray:
         """One image -> channels-first array; a grayscale PIL image for a 1-channel model stays single-channel."""
+        if isinstance(image, np.ndarray) and image.dtype == np.uint8 and image.ndim == 3 and image.shape[-1] == 4:
+            # An RGBA array (H, W, 4) goes through PIL so that every supported transformers converts it to RGB
+            # (transformers 5.18 infers an array's channels only among 1 and 3, and fails on it).
+            image = Image.fromarray(image)
         image = super().process_image(image, *args, **kwargs)  # (C, H, W)
         if image.shape[0] != self.num_channels:
             raise ValueError(

@@ -324,6 +324,7 @@ class VaswaniGenerationMixin(GenerationMixin):
                 prompt = inputs if inputs is not None else kwargs.get("input_ids", kwargs.get("inputs_embeds"))
                 start = prompt.shape[1] if prompt is not None else 1
             max_new_tokens = kwargs.get("max_new_tokens", settings.max_new_tokens)
+            max_length = kwargs.get("max_length") or settings.max_length or 0
             if max_new_tokens is not None and start + max_new_tokens > limit:
                 if start >= limit:
                     raise ValueError(
@@ -333,9 +334,9 @@ class VaswaniGenerationMixin(GenerationMixin):
                 logger.warning(f"`max_new_tokens`={max_new_tokens} after {start} tokens would pass the model's "
                                f"`max_position_embeddings`={limit}: generating at most {limit - start} tokens.")
                 kwargs["max_new_tokens"] = limit - start
-            elif max_new_tokens is None and kwargs.get("max_length", settings.max_length) > limit:
-                logger.warning(f"`max_length`={kwargs.get('max_length', settings.max_length)} passes the model's "
-                               f"`max_position_embeddings`={limit}: generating at most {limit} positions.")
+            elif max_new_tokens is None and max_length > limit:
+                logger.warning(f"`max_length`={max_length} passes the model's `max_position_embeddings`={limit}: "
+                               f"generating at most {limit} positions.")
                 kwargs["max_length"] = limit
         return super().generate(inputs, generation_config, **kwargs)
 

@@ -1,21 +1,134 @@
-"""The command line: `hf-transformer fit --config recipes/configs/quickstart.yaml` (or `python -m recipes ...`).
+"""The command line: `hf-transformer fit --config quickstart --trainer.default_root_dir runs/x` (or `python -m recipes
+...`), `hf-transformer test --ckpt_path runs/x/checkpoints/best.ckpt`, `hf-transformer translate MODEL`,
+`hf-transformer plot RUN`.
 
-A LightningCLI over any LightningModule (`model.class_path`; a `model:` section without one is a
-`TranslationModule`, so the translation recipes name only its arguments) and any LightningDataModule
-(`data.class_path`), with fit / validate / test / predict and `--print_config`. The data module's `tokenizer_fields`
-(the tokenizer's size and special ids) are linked into the model's `tokenizer_fields`.
+A LightningCLI over any LightningModule (`model.class_path`; a `model:` section without one is a `TranslationModule`)
+and any LightningDataModule (`data.class_path`), with fit / validate / test / predict and `--print_config`; the data
+module's `tokenizer_fields` are linked into the model's. What it adds to Lightning's:
+- `--config NAME` finds a packaged recipe by name (`quickstart`, `multi30k_de_en`, ...);
+- one run directory: `--trainer.default_root_dir` (default `runs/<recipe name>`; for validate / test / predict, the
+  run of the checkpoint) holds everything: the CSV and TensorBoard logs (`csv/`, `tensorboard/`) unless the config
+  names its own loggers, the checkpoints of every ModelCheckpoint without a `dirpath` (`checkpoints/`), the exports,
+  test outputs, predictions and plots (`lightning_modules/runs.py`);
+- validate / test / predict with `--ckpt_path CKPT` (or an exported folder) need nothing else: the checkpoint's run
+  record brings the task, the data module and its tokenizer; the command line and a `--config` still override;
+- `translate` and `plot` run `hf_transformer.translation.main` and `lightning_modules.callbacks.curves.main`.
 """
 
 import logging
+import os
+import sys
 import warnings
 from pathlib import Path
 
+import yaml
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
+from . import callbacks, data  # noqa: F401  (imported: their classes go by their short names, `--data NAME`)
 from .checkpointing import AtomicCheckpointIO, load_checkpoint_file
 from .redaction import redact_config
+from .runs import materialize_tokenizer, packaged_recipes, read_run_record, resolve_recipe, run_dir_of
 from .tasks.translation import TranslationModule
+
+SUBCOMMANDS = ("fit", "validate", "test", "predict")
+EVALUATION_SUBCOMMANDS = ("validate", "test", "predict")
+CONFIG_FLAGS = ("--config", "-c")
+
+
+def option_value(args: list[str], names: tuple[str, ...]) -> tuple[int, str] | None:
+    """(index, value) of the first `--name VALUE` / `--name=VALUE` of `args`, or None."""
+    for index, arg in enumerate(args):
+        for name in names:
+            if arg == name and index + 1 < len(args):
+                return index, args[index + 1]
+            if arg.startswith(name + "="):
+                return index, arg.split("=", 1)[1]
+    return None
+
+
+def with_packaged_recipes(args: list[str]) -> list[str]:
+    """Every `--config NAME` that is not a file but a packaged recipe's name, replaced by that recipe's path."""
+    resolved = list(args)
+    for index, arg in enumerate(resolved):
+        if arg in CONFIG_FLAGS and index + 1 < len(resolved):
+            resolved[index + 1] = resolve_recipe(resolved[index + 1])
+        elif arg.split("=", 1)[0] in CONFIG_FLAGS and "=" in arg:
+            flag, value = arg.split("=", 1)
+            resolved[index] = f"{flag}={resolve_recipe(value)}"
+    return resolved
+
+
+def evaluation_config(ckpt_path: str) -> dict | None:
+    """What a checkpoint or an exported folder brings to validate / test / predict: its task (and, for a folder, its
+    weights), its data module with the tokenizer it was trained with, and its run directory; None when it carries no
+    run record (then `--config` or `--data` must say it)."""
+    path = Path(ckpt_path)
+    record = read_run_record(path) or {}
+    if not record and not path.is_dir():
+        return None
+    config: dict = {"trainer": {"default_root_dir": str(run_dir_of(path))}}
+    model = {"class_path": record.get("task") or f"{TranslationModule.__module__}.{TranslationModule.__name__}"}
+    if path.is_dir():
+        model["init_args"] = {"pretrained": str(path.resolve())}
+    config["model"] = model
+    if record.get("data"):
+        init_args = dict(record["data"]["init_args"])
+        tokenizer = path if path.is_dir() else materialize_tokenizer(record["tokenizer"]) if record.get(
+            "tokenizer") else None
+        if tokenizer is not None:
+            init_args["tokenizer_path"] = str(Path(tokenizer).resolve())
+        config["data"] = {"class_path": record["data"]["class_path"], "init_args": init_args}
+    elif path.is_dir():
+        config["data"] = {"init_args": {"tokenizer_path": str(path.resolve())}}
+    return config
+
+
+def with_run_of_checkpoint(subcommand: str, rest: list[str]) -> list[str]:
+    """validate / test / predict `--ckpt_path X`: X's own configuration first (`evaluation_config`), then the
+    user's arguments; an exported folder is no checkpoint for Lightning: it becomes the model's `pretrained`."""
+    found = option_value(rest, ("--ckpt_path",))
+    if subcommand not in EVALUATION_SUBCOMMANDS or found is None or not os.path.exists(found[1]):
+        return rest
+    index, ckpt_path = found
+    config = evaluation_config(ckpt_path)
+    if config is None:
+        return rest
+    if Path(ckpt_path).is_dir():
+        rest = rest[:index] + rest[index + (1 if rest[index].startswith("--ckpt_path=") else 2):]
+    return ["--config", yaml.safe_dump(config, sort_keys=False), *rest]
+
+
+def missing_data_message(subcommand: str) -> str:
+    names = ", ".join(sorted(packaged_recipes()))
+    return (f"hf-transformer {subcommand}: no data module given. Start from a recipe: --config quickstart (packaged: "
+            f"{names}), or a YAML file of your own; or name one: --data TranslationDataModule --data.dataset "
+            "bentrevett/multi30k (see --data.help TranslationDataModule)."
+            + (" With --ckpt_path CKPT (a checkpoint or an exported folder of this version) the run's own data "
+               "module comes with it." if subcommand in EVALUATION_SUBCOMMANDS else ""))
+
+
+def prepare_arguments(args: list[str]) -> tuple[list[str], str | None]:
+    """The command line as LightningCLI parses it (packaged recipes by name, the checkpoint's own configuration),
+    and the recipe name that names the default run directory. Exits with a clear message when a subcommand has no
+    data module at all."""
+    args = with_packaged_recipes(args)
+    config = option_value(args, CONFIG_FLAGS)
+    recipe = Path(config[1]).stem if config is not None and Path(config[1]).is_file() else None
+    position = next((i for i, arg in enumerate(args) if arg in SUBCOMMANDS), None)
+    if position is None:
+        return args, recipe
+    subcommand, rest = args[position], args[position + 1:]
+    rest = with_run_of_checkpoint(subcommand, rest)
+    asks_help = any(arg in ("-h", "--help") or arg.startswith("--print_config") or arg.endswith(".help")
+                    for arg in rest)
+    gives_data = any(arg.split("=", 1)[0].split(".", 1)[0] == "--data" for arg in rest)
+    if not asks_help and option_value(rest, CONFIG_FLAGS) is None and not gives_data:
+        print(missing_data_message(subcommand), file=sys.stderr)
+        sys.exit(2)
+    return [*args[:position], subcommand, *rest], recipe
 
 
 class TransformerCLI(LightningCLI):
@@ -24,9 +137,11 @@ class TransformerCLI(LightningCLI):
         parser.link_arguments("data.tokenizer_fields", "model.init_args.tokenizer_fields", apply_on="instantiate")
 
     def parse_arguments(self, parser: LightningArgumentParser, args: list[str] | None) -> None:
-        """Parse, then refuse (with the reason) a `--ckpt_path` written before the model took its configuration as
-        `model_config`: LightningCLI would otherwise fail on the checkpoint's old hyper-parameter names."""
-        super().parse_arguments(parser, args)
+        """Parse the prepared command line (`prepare_arguments`), then refuse (with the reason) a `--ckpt_path`
+        written before the model took its configuration as `model_config`: LightningCLI would otherwise fail on the
+        checkpoint's old hyper-parameter names."""
+        args, self.recipe_name = prepare_arguments(list(sys.argv[1:] if args is None else args))
+        self.config = parser.parse_args(args)
         subcommand = self.config.get("subcommand")
         ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
         if ckpt_path and Path(ckpt_path).is_file():
@@ -38,6 +153,29 @@ class TransformerCLI(LightningCLI):
                     "cannot be resumed or tested with this version. Export its weights with that version, or train "
                     "again (the recipes now give the model's VaswaniConfig fields under model.model_config)."
                 )
+
+    def before_instantiate_classes(self) -> None:
+        """The run directory, when nothing set it: `runs/<recipe name>`."""
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        if config.trainer.default_root_dir is None:
+            config.trainer.default_root_dir = os.path.join("runs", self.recipe_name or "run")
+        if self.subcommand in EVALUATION_SUBCOMMANDS:  # the training callbacks' states do not matter to evaluation
+            warnings.filterwarnings("ignore", message=".*callbacks used to create the checkpoint need to be provided")
+
+    def instantiate_trainer(self, **kwargs) -> Trainer:
+        """The trainer, its logs and its checkpoints in the run directory: CSV and TensorBoard loggers there unless
+        the config names loggers (or `logger: false`), and `<run>/checkpoints` for a ModelCheckpoint without a
+        dirpath (Lightning would put it under the first logger's version folder)."""
+        config = self.config_init[self.subcommand]["trainer"] if self.subcommand else self.config_init["trainer"]
+        root = config["default_root_dir"]
+        if config.get("logger") in (None, True):
+            kwargs["logger"] = [CSVLogger(root, name="csv"), TensorBoardLogger(root, name="tensorboard")]
+        trainer = super().instantiate_trainer(**kwargs)
+        for callback in trainer.callbacks:
+            if isinstance(callback, ModelCheckpoint) and callback.dirpath is None:
+                subfolder = getattr(callback, "subfolder", "")  # PeriodicCheckpoint: checkpoints/periodic
+                callback.dirpath = os.path.realpath(os.path.join(root, "checkpoints", subfolder))
+        return trainer
 
 
 class RedactingSaveConfigCallback(SaveConfigCallback):
@@ -85,7 +223,13 @@ def build_cli(args: list[str] | None = None, run: bool = True) -> TransformerCLI
 
 
 def main() -> None:
-    """The `hf-transformer` console script (its return value becomes the exit status: None is success)."""
+    """The `hf-transformer` console script: `translate` and `plot` are commands of their own, everything else goes
+    to the LightningCLI (its return value becomes the exit status: None is success)."""
+    tools = {"translate": "hf_transformer.translation", "plot": "lightning_modules.callbacks.curves"}
+    if len(sys.argv) > 1 and sys.argv[1] in tools:
+        import importlib
+
+        sys.exit(importlib.import_module(tools[sys.argv[1]]).main(sys.argv[2:]))
     build_cli()
 
 

@@ -23,20 +23,14 @@ from typing import Any
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers import PreTrainedTokenizerBase
 
 from hf_transformer import load_tokenizer
 
-from ..checkpointing import (
-    MODEL_KEY,
-    CheckpointLoadError,
-    load_checkpoint_file,
-    model_from_checkpoint,
-    replace_directory_atomically,
-)
+from ..checkpointing import MODEL_KEY, CheckpointLoadError, load_checkpoint_file, model_from_checkpoint
 from ..redaction import known_secrets, redact_command
-from .export import HFExportCallback, find_callback, run_dir
-from .model_card import build_model_card
+from ..runs import materialize_tokenizer, read_run_record
+from .export import HFExportCallback, find_callback, run_dir, write_export
 
 log = logging.getLogger(__name__)
 
@@ -197,38 +191,51 @@ def find_tokenizer_folder(checkpoint_paths: Sequence[Path]) -> Path | None:
 
 
 def resolve_tokenizer(
-    tokenizer: PreTrainedTokenizerBase | PathLike | None, checkpoint_paths: Sequence[Path]
+    tokenizer: PreTrainedTokenizerBase | PathLike | None, checkpoint_paths: Sequence[Path], record: dict[str, Any]
 ) -> PreTrainedTokenizerBase:
+    """The tokenizer given, or the one the last checkpoint carries (its run record), or `<run>/hf_model`'s."""
     if isinstance(tokenizer, PreTrainedTokenizerBase):
         return tokenizer
+    if tokenizer is None and record.get("tokenizer"):
+        return load_tokenizer(materialize_tokenizer(record["tokenizer"]))
     folder = Path(tokenizer) if tokenizer is not None else find_tokenizer_folder(checkpoint_paths)
     if folder is None:
         raise FileNotFoundError(
-            "No tokenizer given and none found in <run>/hf_model next to the checkpoints "
-            f"({checkpoint_paths[0].parent.parent / 'hf_model'}): pass --tokenizer DIR."
+            "No tokenizer given, none in the checkpoints (written before they carried one) and none found in "
+            f"<run>/hf_model next to them ({checkpoint_paths[0].parent.parent / 'hf_model'}): pass --tokenizer DIR."
         )
     return load_tokenizer(folder)  # checks the special ids the model was trained with
 
 
-def averaged_model_card(averaged: AveragedCheckpoints, model: PreTrainedModel, info: dict[str, Any]) -> str:
-    data = averaged.datamodule_hyper_parameters
+def distinct_steps(paths: Sequence[Path]) -> list[Path]:
+    """`paths` with one checkpoint per stored step: `last.ckpt` and `best.ckpt` of the step of another one are the
+    same weights, which an average must count once (said in a warning)."""
+    kept: dict[int | None, Path] = {}
+    for path in paths:
+        step = checkpoint_step(path)
+        if step is not None and step in kept:
+            rank_zero_warn(f"{path.name} holds step {step}, as {kept[step].name} does: averaged once.")
+            if is_last_checkpoint(kept[step]) and not is_last_checkpoint(path):
+                kept[step] = path
+            continue
+        kept[step if step is not None else -len(kept) - 1] = path
+    return list(kept.values())
+
+
+def averaged_record(averaged: AveragedCheckpoints, record: dict[str, Any], info: dict[str, Any]) -> dict[str, Any]:
+    """The run record of the averaged folder: the checkpoints' run (data, languages, dataset, command) and which
+    checkpoints it averages; no evaluation yet."""
     steps = ", ".join(str(s) for s in averaged.steps)
-    return build_model_card(
-        model,
-        source_lang=info.get("source_lang", data.get("source_lang")),
-        target_lang=info.get("target_lang", data.get("target_lang")),
-        dataset_name=info.get("dataset_name", data.get("dataset_name", data.get("dataset"))),
-        bleu=None,
-        bleu_signature=None,
-        global_step=max((s for s in averaged.steps if s is not None), default=None),
-        training_seconds=info.get("training_seconds"),
-        command=info.get("command"),
-        notes=[
-            f"Weights: the average of {len(averaged.paths)} checkpoints (steps {steps}), as in §6.1 of the paper: "
-            + ", ".join(p.name for p in averaged.paths) + ".",
-            "BLEU: not evaluated after averaging; evaluate this folder to get it.",
-        ],
-    )
+    names = ", ".join(p.name for p in averaged.paths)
+    return {
+        "task": record.get("task"), "data": record.get("data"),
+        "languages": record.get("languages") or info.get("languages") or [],
+        "dataset": record.get("dataset") or info.get("dataset"), "license": info.get("license"),
+        "weights": {"kind": "average", "step": max((s for s in averaged.steps if s is not None), default=None),
+                    "checkpoints": f"{len(averaged.paths)} checkpoints (steps {steps}): {names}"},
+        "evaluations": {}, "command": info.get("command") or record.get("command"),
+        "training_seconds": info.get("training_seconds"),
+    }
 
 
 def export_average(
@@ -237,20 +244,23 @@ def export_average(
     tokenizer: PreTrainedTokenizerBase | PathLike | None = None,
     card_info: dict[str, Any] | None = None,
 ) -> Path:
-    """Average `checkpoint_paths` and write the HF folder `output_dir` (model, tokenizer, README.md) atomically.
+    """Average `checkpoint_paths` and write the HF folder `output_dir` (model, tokenizer, run record, README.md)
+    atomically, as `HFExportCallback` writes its folders.
 
     Args:
-        checkpoint_paths: Lightning checkpoints of one run (same keys and shapes).
+        checkpoint_paths: Lightning checkpoints of one run (same keys and shapes); two of the same step count once.
         output_dir: the folder to (re)place.
-        tokenizer: a tokenizer, or its folder; default: `<run>/hf_model` next to the checkpoints' folder.
-        card_info: optional `source_lang`, `target_lang`, `dataset_name`, `training_seconds`, `command` for the card.
+        tokenizer: a tokenizer, or its folder; default: the one the checkpoints carry, else `<run>/hf_model`'s.
+        card_info: optional `license`, `training_seconds`, `command` for the card, and `languages`, `dataset` for
+            checkpoints without a run record (it comes first).
     Returns:
         `output_dir` as a Path.
     """
-    paths = [Path(p) for p in checkpoint_paths]
+    paths = distinct_steps([Path(p) for p in checkpoint_paths])
     if not paths:
         raise ValueError("export_average needs at least one checkpoint path.")
-    tokenizer = resolve_tokenizer(tokenizer, paths)  # before the (slow) averaging: fail early
+    record = read_run_record(paths[-1]) or {}
+    tokenizer = resolve_tokenizer(tokenizer, paths, record)  # before the (slow) averaging: fail early
     averaged = average_checkpoint_files(paths)
     model = model_from_checkpoint({MODEL_KEY: averaged.model_entry}, paths[-1])
     weights = {k[len(MODEL_PREFIX):]: v for k, v in averaged.state_dict.items() if k.startswith(MODEL_PREFIX)}
@@ -259,14 +269,7 @@ def export_average(
     except RuntimeError as error:
         raise ValueError(f"The averaged weights of {paths[-1]} do not fit the model its configuration describes: "
                          f"{error}") from error
-    card = averaged_model_card(averaged, model, card_info or {})
-
-    def write(folder: Path) -> None:
-        model.save_pretrained(folder)
-        tokenizer.save_pretrained(folder)
-        (folder / "README.md").write_text(card, encoding="utf-8")
-
-    return replace_directory_atomically(output_dir, write)
+    return write_export(Path(output_dir), model, tokenizer, averaged_record(averaged, record, card_info or {}))
 
 
 class CheckpointAveragingCallback(Callback):
@@ -319,10 +322,10 @@ class CheckpointAveragingCallback(Callback):
                 rank_zero_warn(f"CheckpointAveragingCallback: only {len(paths)} checkpoints, averaging those.")
             datamodule = trainer.datamodule
             exporter = find_callback(trainer, HFExportCallback)
+            languages = [getattr(datamodule, name, None) for name in ("source_lang", "target_lang")]
             card_info = {
-                "source_lang": getattr(datamodule, "source_lang", None),
-                "target_lang": getattr(datamodule, "target_lang", None),
-                "dataset_name": getattr(datamodule, "dataset_name", None),
+                "languages": [lang for lang in languages if lang], "dataset": getattr(datamodule, "dataset_name", None),
+                "license": exporter.license if exporter is not None else None,
                 "training_seconds": time.monotonic() - self.fit_started_at if self.fit_started_at else None,
                 "command": exporter.command if exporter is not None and exporter.command else
                 redact_command(sys.argv, known_secrets(trainer.callbacks)),

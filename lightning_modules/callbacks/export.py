@@ -1,15 +1,26 @@
-"""`HFExportCallback`: a Hugging Face folder (`save_pretrained` of the model and the tokenizer, plus a model card)
-written atomically whenever the monitored metric improves and at the end of fit.
+"""`HFExportCallback`: the Hugging Face folders of a run, each written atomically with its model card:
+`<run>/hf_model` holds the weights of the best validation score (rewritten whenever the monitored metric improves),
+`<run>/hf_model_last` the last weights (written at the end of fit); the card of each says which it is and where the
+other is.
 
-Only global rank 0 writes. A failed export is logged, the previous folder stays as it was, and training goes on.
+Every folder is `save_pretrained` of the model and the tokenizer (and the image processor of a captioning model), the
+model card (README.md) and the run record `hf_transformer_run.json` (the data module's class and arguments, what the
+scores were measured on, the weights' kind and step: what `hf-transformer test --ckpt_path FOLDER` reads, and what the
+card is rendered from); a translation model also carries its pipeline code (`pipeline(model=folder,
+trust_remote_code=True)`). Only global rank 0 writes. A failed export is logged, the previous folder stays as it was,
+and training goes on.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import math
+import os
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -17,14 +28,19 @@ import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from transformers.utils import logging as transformers_logging
+
+from hf_transformer.pipeline_vaswani import add_pipeline_to_folder
 
 from ..checkpointing import recover_directory, replace_directory_atomically
 from ..redaction import known_secrets, redact, redact_command
-from .model_card import build_model_card
+from ..runs import RUN_FILE, class_path
+from .model_card import build_model_card, model_kind
 
 log = logging.getLogger(__name__)
 
 EXPORT_FOLDER_NAME = "hf_model"
+LAST_SUFFIX = "_last"
 
 
 def gathered_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor] | None:
@@ -40,27 +56,87 @@ def gathered_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor] | Non
 
 
 def run_dir(trainer: Trainer) -> Path:
-    """`trainer.log_dir` (or `default_root_dir`). Call it on every rank: `log_dir` broadcasts."""
-    return Path(trainer.log_dir or trainer.default_root_dir)
+    """The run directory: `trainer.default_root_dir`, which holds everything the run writes."""
+    return Path(trainer.default_root_dir)
 
 
 def find_callback(trainer: Trainer, kind: type) -> Any | None:
     return next((cb for cb in trainer.callbacks if isinstance(cb, kind)), None)
 
 
-class HFExportCallback(Callback):
-    """Writes a Hugging Face folder (model, tokenizer, README.md model card) atomically.
+@contextmanager
+def quiet_saving() -> Iterator[None]:
+    """transformers' "Writing model shards" progress bar off while a folder is written (it printed at every export)."""
+    enabled = transformers_logging.is_progress_bar_enabled()
+    transformers_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if enabled:
+            transformers_logging.enable_progress_bar()
 
-    When: after every validation that improves `monitor` (so the folder holds the best model while training runs)
-    and, with `export_on_train_end`, once more at the end of fit (then it holds the final weights). The folder
-    loads with `AutoModelForSeq2SeqLM.from_pretrained` / `AutoTokenizer.from_pretrained`. An export that fails is
-    logged, the previous folder stays as it was, and training goes on.
+
+def write_export(folder: Path, model: Any, tokenizer: Any, record: dict[str, Any], image_processor: Any = None,
+                 state_dict: dict[str, torch.Tensor] | None = None, secrets: list[str] = ()) -> Path:
+    """Write (atomically replace) the HF folder: model, tokenizer, image processor, pipeline code of a translation
+    model, the run record and the model card rendered from it (secrets redacted)."""
+    card = redact(build_model_card(model, record), secrets)
+    record_text = redact(json.dumps(record, indent=2, sort_keys=True, default=str), secrets)
+
+    def write(tmp: Path) -> None:
+        with quiet_saving():
+            model.save_pretrained(tmp, state_dict=state_dict)  # the module's own weights: fp32 under bf16-mixed
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        if image_processor is not None:  # captioning: preprocessor_config.json + its code for remote loading
+            image_processor.save_pretrained(tmp)
+        if model_kind(model)[0] == "translation":
+            add_pipeline_to_folder(tmp)
+        (tmp / RUN_FILE).write_text(record_text + "\n", encoding="utf-8")
+        (tmp / "README.md").write_text(card, encoding="utf-8")
+
+    return replace_directory_atomically(folder, write)
+
+
+def rewrite_card(folder: Path, model: Any, record: dict[str, Any]) -> None:
+    """Replace the run record and the card of an exported folder (each file atomically), e.g. with a test score."""
+    for name, text in ((RUN_FILE, json.dumps(record, indent=2, sort_keys=True, default=str) + "\n"),
+                       ("README.md", build_model_card(model, record))):
+        partial = folder / f".{name}.tmp-{os.getpid()}"
+        partial.write_text(text, encoding="utf-8")
+        os.replace(partial, folder / name)
+
+
+def validation_summary(trainer: Trainer, pl_module: LightningModule, monitor: str) -> dict[str, Any] | None:
+    """The last validation's summary (`TaskModule.evaluations`); for a module without one, its logged BLEU."""
+    summary = getattr(pl_module, "evaluations", {}).get("validation")
+    if summary is not None:
+        return summary
+    key = monitor if "bleu" in monitor else "val/bleu"
+    bleu = trainer.callback_metrics.get(key)
+    if bleu is None:
+        return None
+    signature = getattr(pl_module, "bleu_signature", None)
+    return {"step": trainer.global_step, "metrics": {"bleu": float(bleu)},
+            "signatures": {"bleu": signature} if signature else {}}
+
+
+class HFExportCallback(Callback):
+    """Writes the run's Hugging Face folders: the best validation score's weights and the last weights.
+
+    When: after every validation that improves `monitor`, into `dirpath` (so it holds the best model while training
+    runs and after), and with `export_on_train_end` at the end of fit into `<dirpath>_last` (`hf_model_last`). A run
+    that never logged `monitor` gets the last weights in both, the card saying so. The folders load with
+    `AutoModelForSeq2SeqLM.from_pretrained` / `AutoTokenizer.from_pretrained`. An export that fails is logged, the
+    previous folder stays as it was, and training goes on.
 
     Args:
-        dirpath: the folder; default `<trainer.log_dir or default_root_dir>/hf_model`.
-        monitor: the logged metric that decides "improved".
+        dirpath: The folder of the best weights; default `<run>/hf_model` (run: `trainer.default_root_dir`).
+        monitor: The logged metric that decides "best".
         mode: "max" (BLEU) or "min" (a loss).
-        export_on_train_end: also export the final weights when fit ends.
+        export_on_train_end: Also export the last weights when fit ends (into `<dirpath>_last`).
+        license: The license the model card declares (a Hub license id such as "apache-2.0", "cc-by-4.0"); the
+            training data's terms apply on top of it.
     """
 
     def __init__(
@@ -69,6 +145,7 @@ class HFExportCallback(Callback):
         monitor: str = "val/bleu",
         mode: str = "max",
         export_on_train_end: bool = True,
+        license: str = "unknown",
     ) -> None:
         super().__init__()
         if mode not in ("max", "min"):
@@ -77,8 +154,10 @@ class HFExportCallback(Callback):
         self.monitor = monitor
         self.mode = mode
         self.export_on_train_end = export_on_train_end
+        self.license = license
         self.folder: Path | None = Path(dirpath) if dirpath else None
         self.best_score: float | None = None
+        self.best_step: int | None = None
         self.last_validation_step: int | None = None
         self.exports: list[dict[str, Any]] = []  # one entry per successful export
         self.failed_exports = 0
@@ -91,21 +170,27 @@ class HFExportCallback(Callback):
         return f"{type(self).__qualname__}{{'dirpath': {self.dirpath!r}, 'monitor': {self.monitor!r}}}"
 
     def state_dict(self) -> dict[str, Any]:
-        return {"best_score": self.best_score}
+        return {"best_score": self.best_score, "best_step": self.best_step}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.best_score = state_dict.get("best_score")
+        self.best_step = state_dict.get("best_step")
 
     def resolve_folder(self, trainer: Trainer) -> Path:
-        """The export folder (resolving the default needs `trainer.log_dir`: call on every rank)."""
+        """The folder of the best weights (`<run>/hf_model` unless `dirpath` says otherwise)."""
         if self.folder is None:
             self.folder = run_dir(trainer) / EXPORT_FOLDER_NAME
         return self.folder
 
+    @property
+    def last_folder(self) -> Path | None:
+        return None if self.folder is None else self.folder.with_name(self.folder.name + LAST_SUFFIX)
+
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         folder = self.resolve_folder(trainer)
         if trainer.is_global_zero and stage == TrainerFn.FITTING:
-            recover_directory(folder)  # a run killed mid-export: put the old folder back now, not at the next export
+            for target in (folder, self.last_folder):
+                recover_directory(target)  # a run killed mid-export: put the old folder back now
 
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self.fit_started_at = time.monotonic()
@@ -130,61 +215,65 @@ class HFExportCallback(Callback):
         self.last_validation_step = trainer.global_step
         score = float(value)
         if self.improves(score):
-            self.best_score = score
-            self.export(trainer, pl_module, reason=f"{self.monitor} improved to {score:.4f}")
+            self.best_score, self.best_step = score, trainer.global_step
+            self.export(trainer, pl_module, kind="best", reason=f"{self.monitor} improved to {score:.4f}")
 
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if self.export_on_train_end:
-            self.export(trainer, pl_module, reason="end of fit")
+        if not self.export_on_train_end:
+            return
+        self.export(trainer, pl_module, kind="last", reason="end of fit")
+        if self.best_score is None and not self.resolve_folder(trainer).exists():
+            self.export(trainer, pl_module, kind="last", reason="end of fit, no validation score",
+                        folder=self.resolve_folder(trainer))
 
-    def model_card(self, trainer: Trainer, pl_module: LightningModule) -> str:
+    def record(self, trainer: Trainer, pl_module: LightningModule, kind: str) -> dict[str, Any]:
+        """The run record of an export of `kind` ("best", "last"): what the card says and evaluation reads."""
         datamodule = trainer.datamodule
-        bleu_key = self.monitor if "bleu" in self.monitor else "val/bleu"
-        bleu = trainer.callback_metrics.get(bleu_key)
-        return build_model_card(
-            pl_module.model,
-            source_lang=getattr(datamodule, "source_lang", None),
-            target_lang=getattr(datamodule, "target_lang", None),
-            dataset_name=getattr(datamodule, "dataset_name", None),
-            bleu=float(bleu) if bleu is not None else None,
-            bleu_signature=getattr(pl_module, "bleu_signature", None),
-            global_step=trainer.global_step,
-            training_seconds=time.monotonic() - self.fit_started_at if self.fit_started_at is not None else None,
-            command=self.command,
-            validation_step=self.last_validation_step,
-        )
+        weights: dict[str, Any] = {"kind": kind, "step": trainer.global_step}
+        if kind == "best":
+            weights.update(monitor=self.monitor, score=self.best_score)
+            if self.export_on_train_end:
+                weights.update(sibling=self.last_folder.name, sibling_kind="last")
+        elif self.best_score is not None:
+            weights.update(sibling=self.folder.name, sibling_kind="best")
+        validation = validation_summary(trainer, pl_module, self.monitor)
+        if validation is not None and validation.get("step") != trainer.global_step:
+            validation = None  # measured on other weights
+        run_config = getattr(datamodule, "run_config", None)
+        return {
+            "task": class_path(pl_module), "data": run_config() if run_config else None,
+            "languages": [lang for lang in (getattr(datamodule, "source_lang", None),
+                                            getattr(datamodule, "target_lang", None)) if lang],
+            "dataset": getattr(datamodule, "dataset_name", None), "license": self.license, "weights": weights,
+            "evaluations": {"validation": validation}, "command": self.command,
+            "training_seconds": time.monotonic() - self.fit_started_at if self.fit_started_at is not None else None,
+        }
 
-    def export(self, trainer: Trainer, pl_module: LightningModule, reason: str) -> Path | None:
-        """Write the folder now (global rank 0 only). Returns it, or None if nothing was written."""
+    def export(self, trainer: Trainer, pl_module: LightningModule, kind: str, reason: str,
+               folder: Path | None = None) -> Path | None:
+        """Write the folder of `kind` now (global rank 0 only). Returns it, or None if nothing was written."""
         state_dict = gathered_state_dict(pl_module.model)  # FSDP2 shards: gathered on every rank, else None
         if not trainer.is_global_zero:
             return None
-        folder = self.resolve_folder(trainer)
-        model = pl_module.model
+        self.resolve_folder(trainer)
+        folder = folder or (self.folder if kind == "best" else self.last_folder)
         tokenizer = getattr(trainer.datamodule, "tokenizer", None)
-        image_processor = getattr(trainer.datamodule, "image_processor", None)
         if tokenizer is None:
             rank_zero_warn("HFExportCallback: the data module has no `tokenizer`; the folder will have none.")
         try:
-            card = redact(self.model_card(trainer, pl_module), known_secrets(trainer.callbacks))
-
-            def write(tmp: Path) -> None:
-                model.save_pretrained(tmp, state_dict=state_dict)  # the module's own weights: fp32 under bf16-mixed
-                if tokenizer is not None:
-                    tokenizer.save_pretrained(tmp)
-                if image_processor is not None:  # captioning: preprocessor_config.json + its code for remote loading
-                    image_processor.save_pretrained(tmp)
-                (tmp / "README.md").write_text(card, encoding="utf-8")
-
-            replace_directory_atomically(folder, write)
+            write_export(folder, pl_module.model, tokenizer, self.record(trainer, pl_module, kind),
+                         getattr(trainer.datamodule, "image_processor", None), state_dict,
+                         known_secrets(trainer.callbacks))
         except Exception:
             self.failed_exports += 1
             log.exception("HF export to %s (%s) failed; the previous folder is unchanged and training goes on.",
                           folder, reason)
             return None
-        self.exports.append({"step": trainer.global_step, "reason": reason, "score": self.best_score,
+        self.exports.append({"step": trainer.global_step, "kind": kind, "reason": reason, "score": self.best_score,
                              "time": time.time(), "path": str(folder)})
         rank_zero_info(f"HFExportCallback: wrote {folder} at step {trainer.global_step} ({reason}).")
         return folder
 
-__all__ = ["HFExportCallback", "EXPORT_FOLDER_NAME", "find_callback", "gathered_state_dict", "run_dir"]
+
+__all__ = ["HFExportCallback", "EXPORT_FOLDER_NAME", "find_callback", "gathered_state_dict", "rewrite_card",
+           "run_dir", "write_export"]

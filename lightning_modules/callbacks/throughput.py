@@ -1,4 +1,5 @@
-"""`TokenThroughput`: target tokens per second of training, logged as `train/tokens_per_s` (on the progress bar)."""
+"""`TokenThroughput`: target tokens per second of training, logged as `train/tokens_per_s` (`tok/s` on the progress
+bar)."""
 
 from __future__ import annotations
 
@@ -21,8 +22,9 @@ class TokenThroughput(Callback):
         now = time.perf_counter()
         tokens = outputs.get("tokens") if isinstance(outputs, dict) else None
         if self.last_batch_end is not None and tokens is not None:
-            pl_module.log("train/tokens_per_s", float(tokens) / max(now - self.last_batch_end, 1e-9), prog_bar=True,
-                          on_step=True, on_epoch=False)
+            rate = float(tokens) / max(now - self.last_batch_end, 1e-9)
+            pl_module.log("train/tokens_per_s", rate, on_step=True, on_epoch=False)
+            pl_module.log("tok/s", rate, prog_bar=True, logger=False, on_step=True, on_epoch=False)  # short on the bar
         self.last_batch_end = now
 
     def on_validation_start(self, trainer: Trainer, pl_module: LightningModule) -> None:

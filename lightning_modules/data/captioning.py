@@ -21,6 +21,7 @@ from transformers import PreTrainedTokenizerFast
 from hf_transformer import VaswaniImageProcessor
 from hf_transformer.tokenization_vaswani import train_tokenizer
 
+from ..runs import cache_dir as user_cache_dir
 from .corpus import LABEL_PAD_ID, CorpusDataModule, check_int
 from .shapes import write_shapes_dataset
 
@@ -74,12 +75,15 @@ class CaptioningDataModule(CorpusDataModule):
         image_column: Column holding the images (a `datasets.Image` feature: PIL images).
         caption_column: Column holding the captions: one str or a list of str (several captions per image); or a list
             of columns with one caption each (`jxie/flickr8k`: caption_0 ... caption_4).
-        train_split / validation_split / test_split: Split names, `datasets` slices allowed ("train[:1000]").
+        train_split: Split to train on; `datasets` slices allowed ("train[1000:]").
+        validation_split: Split for validation ("train[:1000]" for a dataset without one).
+        test_split: Split for testing.
         image_size: Side of the square images the processor produces (the model's `image_size`).
         num_channels: 3 (RGB) or 1 (grayscale): the model's `num_channels`.
         tokenizer_path: Folder of an existing tokenizer; otherwise one is trained on the training captions.
         vocab_size: Size of the BPE vocabulary trained on the captions.
-        cache_dir: Where the trained tokenizer is cached.
+        cache_dir: Where the trained tokenizer is cached; None: the per-user cache (`$HF_TRANSFORMER_CACHE`, else
+            `~/.cache/hf-transformer`).
         max_caption_length: Captions are truncated to this many tokens, `</s>` included.
         batch_size: (image, caption) pairs per training batch.
         eval_batch_size: Images per validation/test batch.
@@ -104,7 +108,7 @@ class CaptioningDataModule(CorpusDataModule):
         num_channels: int = 3,
         tokenizer_path: str | None = None,
         vocab_size: int = 8000,
-        cache_dir: str = "cache",
+        cache_dir: str | None = None,
         max_caption_length: int = 48,
         batch_size: int = 64,
         eval_batch_size: int = 128,
@@ -209,6 +213,20 @@ class ShapesCaptioningDataModule(CaptioningDataModule):
 
     The corpus is written once, on first use, under `cache_dir/shapes-...` (named by its arguments) as a hub-style
     parquet folder and read through the same path as a hub dataset. Validation and test scenes never occur in training.
+
+    Args:
+        num_train: Training images (each with its captions).
+        num_validation: Validation images, scenes unseen in training.
+        num_test: Test images, scenes unseen in training and validation.
+        image_size: Side of the square images, in pixels (the model's `image_size`).
+        tokenizer_path: Folder of an existing tokenizer; otherwise one is trained on the training captions.
+        vocab_size: Size of the BPE vocabulary trained on the captions.
+        cache_dir: Where the corpus and the tokenizer are cached; None: the per-user cache.
+        max_caption_length: Captions are truncated to this many tokens, `</s>` included.
+        batch_size: (image, caption) pairs per training batch.
+        eval_batch_size: Images per validation/test batch.
+        num_workers: DataLoader worker processes.
+        seed: Seed of the corpus and of the training order.
     """
 
     def __init__(
@@ -219,7 +237,7 @@ class ShapesCaptioningDataModule(CaptioningDataModule):
         image_size: int = 32,
         tokenizer_path: str | None = None,
         vocab_size: int = 300,
-        cache_dir: str = "cache",
+        cache_dir: str | None = None,
         max_caption_length: int = 24,
         batch_size: int = 64,
         eval_batch_size: int = 100,
@@ -230,7 +248,8 @@ class ShapesCaptioningDataModule(CaptioningDataModule):
                                      ("num_test", num_test, 1), ("image_size", image_size, 8)):
             check_int(name, value, minimum)
         self.sizes = (num_train, num_validation, num_test)
-        folder = str(Path(cache_dir) / f"shapes-{num_train}-{num_validation}-{num_test}-{image_size}px-seed{seed}")
+        root = Path(cache_dir) if cache_dir is not None else user_cache_dir()
+        folder = str(root / f"shapes-{num_train}-{num_validation}-{num_test}-{image_size}px-seed{seed}")
         super().__init__(dataset=folder, image_column="image", caption_column="captions", image_size=image_size,
                          num_channels=3, tokenizer_path=tokenizer_path, vocab_size=vocab_size, cache_dir=cache_dir,
                          max_caption_length=max_caption_length, batch_size=batch_size, eval_batch_size=eval_batch_size,

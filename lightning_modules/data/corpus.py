@@ -9,6 +9,10 @@
   dataset folder by the stamps of its non-hidden files. Bump `CACHE_FORMAT_VERSION` when the cached output changes.
 - The tokenizer: loaded from `tokenizer_path`, or trained on the training split once and cached under
   `cache_dir/tokenizers/` (`cached_tokenizer`: a file lock makes DDP ranks started together train it once).
+  `cache_dir` defaults to the per-user cache (`lightning_modules.runs.cache_dir`: `$HF_TRANSFORMER_CACHE`, else
+  `~/.cache/hf-transformer`), shared by every run and keyed by content, never the run directory or the working folder.
+- The run record: `run_config()` gives the class and the arguments that rebuild the data module, which every
+  checkpoint carries (`lightning_modules.runs`), so that evaluating a checkpoint needs nothing else.
 - Batches: training batches come from `TokenBudgetBatchSampler` (length-bucketed, shuffled as a function of seed and
   epoch, sharded over ranks), evaluation batches from `EvalBatchSampler` (length-sorted, disjoint across ranks). Hence
   `Trainer(use_distributed_sampler=False)`: Lightning would otherwise try to wrap the batch sampler.
@@ -20,6 +24,7 @@
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import logging
 import os
@@ -40,6 +45,8 @@ from transformers import PreTrainedTokenizerFast
 
 from hf_transformer.tokenization_vaswani import MIN_VOCAB_SIZE, load_tokenizer
 
+from ..runs import cache_dir as user_cache_dir
+from ..runs import class_path
 from .sampler import EvalBatchSampler, TokenBudgetBatchSampler
 
 logger = logging.getLogger(__name__)
@@ -238,15 +245,17 @@ class CorpusDataModule(TokenizerLinks, LightningDataModule):
         splits: dict[str, str],
         tokenizer_path: str | None,
         vocab_size: int,
-        cache_dir: str,
+        cache_dir: str | None,
         num_workers: int,
         seed: int,
     ) -> None:
         super().__init__()
-        if (dataset is None) == (data_files is None):
+        # the arguments of the concrete class (Lightning collects them up the __init__ chain): the run record
+        self.save_hyperparameters(logger=False)
+        if dataset is not None and data_files is not None:
             raise ValueError(
-                f"give exactly one of dataset (a hub id such as {self.example_dataset}, or a local dataset folder) and "
-                f"data_files (local files per split), got dataset={dataset!r} and data_files={data_files!r}"
+                f"give one of dataset (a hub id such as {self.example_dataset}, or a local dataset folder) and "
+                f"data_files (local files per split), not both; got dataset={dataset!r} and data_files={data_files!r}"
             )
         for role, split in splits.items():
             try:
@@ -265,7 +274,7 @@ class CorpusDataModule(TokenizerLinks, LightningDataModule):
         self.train_split, self.validation_split, self.test_split = (splits[r] for r in ("train", "validation", "test"))
         self.tokenizer_path = tokenizer_path
         self.requested_vocab_size = vocab_size
-        self.cache_dir = cache_dir
+        self.cache_dir = str(user_cache_dir()) if cache_dir is None else cache_dir
         self.num_workers = num_workers
         self.seed = seed
         self._tokenizer: PreTrainedTokenizerFast | None = None
@@ -315,8 +324,8 @@ class CorpusDataModule(TokenizerLinks, LightningDataModule):
         """Name of the corpus for the model card: the hub id (with its config) or the local training files."""
         if self.dataset is not None:
             return self.dataset if self.dataset_config is None else f"{self.dataset} ({self.dataset_config})"
-        files = self.data_files.get(parse_split(self.train_split)[0], [])
-        return "local files: " + ", ".join(Path(path).name for path in files)
+        files = (self.data_files or {}).get(parse_split(self.train_split)[0], [])
+        return "local files: " + ", ".join(Path(path).name for path in files) if files else "unknown"
 
     def where(self, split: str) -> str:
         """How a split is named in messages."""
@@ -324,7 +333,7 @@ class CorpusDataModule(TokenizerLinks, LightningDataModule):
             config = "" if self.dataset_config is None else f", config {self.dataset_config!r}"
             return f"split {split!r} of dataset {self.dataset!r}{config}"
         name, _ = parse_split(split)
-        return f"split {split!r} (data_files[{name!r}] = {self.data_files.get(name)})"
+        return f"split {split!r} (data_files[{name!r}] = {(self.data_files or {}).get(name)})"
 
     def data_identity(self, split: str) -> dict[str, Any]:
         """What identifies the data of `split` (hashed into cache keys)."""
@@ -335,13 +344,31 @@ class CorpusDataModule(TokenizerLinks, LightningDataModule):
                 identity["files"] = folder_stamp(self.dataset)
             return identity
         name, _ = parse_split(split)
-        return {"files": [file_stamp(path) for path in self.data_files.get(name, [])]}
+        return {"files": [file_stamp(path) for path in (self.data_files or {}).get(name, [])]}
 
     def short_name(self) -> str:
         """A readable file-name part for the data: hub id, local folder name, or first training file name."""
         if self.dataset is not None:
             return slug(Path(self.dataset).name if os.path.isdir(self.dataset) else self.dataset.replace("/", "--"))
-        return slug(Path(self.data_files.get(parse_split(self.train_split)[0], ["local"])[0]).name)
+        return slug(Path((self.data_files or {}).get(parse_split(self.train_split)[0], ["local"])[0]).name)
+
+    def run_config(self) -> dict[str, Any]:
+        """`{"class_path", "init_args"}` that rebuild this data module elsewhere: the arguments it was given, local
+        paths made absolute, without `tokenizer_path` and `predict_file` (a checkpoint carries the tokenizer; the
+        file to translate is the user's)."""
+        parameters = inspect.signature(type(self).__init__).parameters
+        init_args = {key: value for key, value in self.hparams.items() if key in parameters}
+        for key in ("tokenizer_path", "predict_file"):
+            if key in init_args:
+                init_args[key] = None
+        if init_args.get("data_files") is not None and self.data_files is not None:
+            init_args["data_files"] = {split: [os.path.abspath(path) for path in paths]
+                                       for split, paths in self.data_files.items()}
+        for key in ("dataset", "cache_dir"):
+            value = init_args.get(key)
+            if isinstance(value, str) and (key == "cache_dir" or os.path.isdir(value)):
+                init_args[key] = os.path.abspath(value)
+        return {"class_path": class_path(self), "init_args": init_args}
 
     # -- raw rows ----------------------------------------------------------------------------------------------
 
@@ -367,6 +394,12 @@ class CorpusDataModule(TokenizerLinks, LightningDataModule):
 
     def load_whole_split(self, name: str, streaming: bool) -> datasets.Dataset | datasets.IterableDataset:
         """The whole split `name` (no slice), as `datasets` loads it."""
+        if self.dataset is None and self.data_files is None:
+            raise ValueError(
+                f"split {name!r} needs a corpus: give dataset (a hub id such as {self.example_dataset}, or a local "
+                f"dataset folder) or data_files (local files per split, e.g. {self.example_data_files}); to "
+                "evaluate or translate with a trained model, `--ckpt_path CKPT` brings the corpus it was trained on"
+            )
         if self.data_files is not None:
             if name not in self.data_files:
                 raise ValueError(
@@ -428,11 +461,12 @@ class CorpusDataModule(TokenizerLinks, LightningDataModule):
                           generator=torch.Generator().manual_seed(self.seed))
 
     def eval_loader(self, examples: Dataset, lengths: np.ndarray, collate: Callable, max_tokens: int | None,
-                    batch_size: int | None) -> DataLoader:
-        """Length-sorted batches (no shuffle), disjoint across ranks."""
+                    batch_size: int | None, fixed_random_order: bool = False) -> DataLoader:
+        """Length-sorted batches, disjoint across ranks; shortest first, or (`fixed_random_order`, for validation)
+        in an order fixed by `seed`, so that `limit_val_batches` keeps batches of every length."""
         world_size, rank = self.world()
         batches = EvalBatchSampler(lengths, max_tokens=max_tokens, batch_size=batch_size, num_replicas=world_size,
-                                   rank=rank)
+                                   rank=rank, order_seed=self.seed if fixed_random_order else None)
         return DataLoader(examples, batch_sampler=batches, collate_fn=collate, num_workers=self.num_workers,
                           generator=torch.Generator().manual_seed(self.seed))
 

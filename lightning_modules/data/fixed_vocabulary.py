@@ -1,7 +1,7 @@
 """`FixedVocabularyDataModule`: what the music and pixel data modules share. Their vocabulary is fixed by the kind of
 data (MIDI pitches, pixel intensities), not trained: a word-level tokenizer with the project's four special tokens
 first (`<pad>`=0, `<s>`=1, `</s>`=2, `<unk>`=3), then one token per symbol. It is written once under
-`cache_dir/tokenizers/` and read like any tokenizer folder, so the corpus layer (`corpus.py`: sources, splits,
+`cache_dir/tokenizers/` (the per-user cache unless `cache_dir` is given) and read like any tokenizer folder, so the corpus layer (`corpus.py`: sources, splits,
 shuffled resumable batches, DDP sharding) and the exported model folder (`HFExportCallback` saves it beside the
 weights) treat it as they treat a trained one.
 
@@ -21,6 +21,7 @@ from transformers import PreTrainedTokenizerFast
 
 from hf_transformer.tokenization_vaswani import BOS_TOKEN, EOS_TOKEN, PAD_TOKEN, SPECIAL_TOKEN_IDS, UNK_TOKEN
 
+from ..runs import cache_dir as user_cache_dir
 from .corpus import CorpusDataModule, cached_tokenizer, check_int, digest
 from .language_modeling import LanguageModelingCollator
 
@@ -57,12 +58,13 @@ class FixedVocabularyDataModule(CorpusDataModule):
         symbols: list[str],
         batch_size: int,
         eval_batch_size: int,
-        cache_dir: str,
+        cache_dir: str | None,
         num_workers: int,
         seed: int,
     ) -> None:
         for name, value in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size)):
             check_int(name, value, 1)
+        cache_dir = str(user_cache_dir()) if cache_dir is None else cache_dir
         folder = Path(cache_dir) / "tokenizers" / f"{self.tokenizer_kind}-{digest(symbols, 12)}"
         tokenizer = cached_tokenizer(folder, lambda: word_level_tokenizer(symbols, model_max_length=1 << 20))
         super().__init__(dataset, dataset_config, revision, None, splits, str(folder), len(tokenizer), cache_dir,

@@ -102,16 +102,17 @@ class LanguageModelingDataModule(CorpusDataModule):
         data_files: Local files per split instead of `dataset`: parquet / json / jsonl / csv files (the text in
             `text_column`) or plain-text files (one document per line, `.gz`/`.bz2`/`.xz` accepted).
         text_column: Column holding the text in a dataset or structured file (plain-text files have `"text"`).
-        train_split / validation_split / test_split: Split names, slices allowed as in `datasets`
-            (`"train[:5%]"`, `"train[1000:]"`); a corpus with a train split only can use `"train[:1000]"` for
-            validation.
+        train_split: Split to train on; slices allowed as in `datasets` (`"train[:5%]"`, `"train[1000:]"`).
+        validation_split: Split for validation; a corpus with a train split only can use `"train[:1000]"`.
+        test_split: Split for testing.
         packing: "chunks" (concatenate documents, cut into `sequence_length`-token sequences) or "lines" (one
             example per row, cut to `sequence_length`).
         sequence_length: Tokens per training sequence (the context the model is trained on).
         tokenizer_path: Folder of an existing tokenizer instead of training one.
         vocab_size: Size of the byte-level BPE vocabulary trained on the training split.
         tokenizer_training_texts: Train the tokenizer on at most this many rows (a seeded sample); None: all.
-        cache_dir: Where the tokenizer and the tokenized splits are cached (keyed by what determines them).
+        cache_dir: Where the tokenizer and the tokenized splits are cached (keyed by what determines them); None:
+            the per-user cache (`$HF_TRANSFORMER_CACHE`, else `~/.cache/hf-transformer`).
         batch_size: Sequences per training batch (exactly one of it and `max_tokens`).
         max_tokens: Padded tokens per training batch instead (length-bucketed; useful with "lines").
         eval_batch_size: Sequences per validation/test batch.
@@ -139,7 +140,7 @@ class LanguageModelingDataModule(CorpusDataModule):
         tokenizer_path: str | None = None,
         vocab_size: int = 8000,
         tokenizer_training_texts: int | None = None,
-        cache_dir: str = "cache",
+        cache_dir: str | None = None,
         batch_size: int | None = 32,
         max_tokens: int | None = None,
         eval_batch_size: int = 32,

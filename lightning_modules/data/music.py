@@ -43,6 +43,7 @@ import torch
 from filelock import FileLock
 from torch.utils.data import Dataset
 
+from ..runs import cache_dir as user_cache_dir
 from .corpus import check_int
 from .fixed_vocabulary import FIRST_SYMBOL_ID, FixedVocabularyDataModule
 
@@ -331,7 +332,8 @@ class ChoralesDataModule(FixedVocabularyDataModule):
         split_file: The split (default: the published one beside this file).
         batch_size: Windows per training batch.
         eval_batch_size: Windows per validation/test batch.
-        cache_dir: Where the serialised corpus and the tokenizer are cached.
+        cache_dir: Where the serialised corpus and the tokenizer are cached; None: the per-user cache
+            (`$HF_TRANSFORMER_CACHE`, else `~/.cache/hf-transformer`).
         num_workers: DataLoader worker processes.
         seed: Seed of the batch order.
     """
@@ -345,7 +347,7 @@ class ChoralesDataModule(FixedVocabularyDataModule):
         split_file: str | None = None,
         batch_size: int = 16,
         eval_batch_size: int = 32,
-        cache_dir: str = "cache",
+        cache_dir: str | None = None,
         num_workers: int = 0,
         seed: int = 0,
     ) -> None:
@@ -357,7 +359,8 @@ class ChoralesDataModule(FixedVocabularyDataModule):
         self.split_file = Path(split_file) if split_file is not None else CHORALE_SPLIT
         if not self.split_file.is_file():
             raise FileNotFoundError(f"split_file {str(self.split_file)!r} does not exist")
-        folder = Path(cache_dir) / f"jsb_chorales-v{CORPUS_FORMAT_VERSION}-{self.split_file.stem}"
+        root = Path(cache_dir) if cache_dir is not None else user_cache_dir()
+        folder = root / f"jsb_chorales-v{CORPUS_FORMAT_VERSION}-{self.split_file.stem}"
         super().__init__(str(folder), None, None, {role: role for role in SPLIT_FRACTIONS}, CHORALE_SYMBOLS,
                          batch_size, eval_batch_size, cache_dir, num_workers, seed)
         self.sequence_length = sequence_length

@@ -31,6 +31,7 @@ import numpy as np
 from PIL import Image
 from torch.utils.data import Dataset
 
+from ..runs import cache_dir as user_cache_dir
 from .corpus import check_int
 from .fixed_vocabulary import FIRST_SYMBOL_ID, FixedVocabularyDataModule
 from .shapes import write_shapes_dataset
@@ -111,7 +112,8 @@ class PixelDataModule(FixedVocabularyDataModule):
         num_channels: 3 (RGB) or 1 (grey).
         batch_size: Images per training batch.
         eval_batch_size: Images per validation/test batch.
-        cache_dir: Where the tokenizer (the fixed vocabulary) is kept.
+        cache_dir: Where the tokenizer (the fixed vocabulary) is kept; None: the per-user cache
+            (`$HF_TRANSFORMER_CACHE`, else `~/.cache/hf-transformer`).
         num_workers: DataLoader worker processes (images are decoded in them).
         seed: Seed of the batch order.
     """
@@ -132,7 +134,7 @@ class PixelDataModule(FixedVocabularyDataModule):
         num_channels: int = 3,
         batch_size: int = 16,
         eval_batch_size: int = 32,
-        cache_dir: str = "cache",
+        cache_dir: str | None = None,
         num_workers: int = 0,
         seed: int = 0,
     ) -> None:
@@ -197,7 +199,7 @@ class ShapesPixelDataModule(PixelDataModule):
         image_size: int = 16,
         batch_size: int = 16,
         eval_batch_size: int = 50,
-        cache_dir: str = "cache",
+        cache_dir: str | None = None,
         num_workers: int = 0,
         seed: int = 0,
     ) -> None:
@@ -205,7 +207,8 @@ class ShapesPixelDataModule(PixelDataModule):
                                      ("num_test", num_test, 1), ("image_size", image_size, 8)):
             check_int(name, value, minimum)
         self.sizes = (num_train, num_validation, num_test)
-        folder = str(Path(cache_dir) / f"shapes-{num_train}-{num_validation}-{num_test}-{image_size}px-seed{seed}")
+        root = Path(cache_dir) if cache_dir is not None else user_cache_dir()
+        folder = str(root / f"shapes-{num_train}-{num_validation}-{num_test}-{image_size}px-seed{seed}")
         super().__init__(folder, image_column="image", image_size=image_size, num_channels=3, batch_size=batch_size,
                          eval_batch_size=eval_batch_size, cache_dir=cache_dir, num_workers=num_workers, seed=seed)
 

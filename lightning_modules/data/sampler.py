@@ -342,6 +342,8 @@ class EvalBatchSampler(Sampler[list[int]]):
         batch_size: Fixed number of examples per batch instead.
         num_replicas: Number of ranks sharing the data.
         rank: This rank.
+        order_seed: None: shortest batches first. A seed: the same batches in a fixed random order, so that a limit
+            on the number of batches (`trainer.limit_val_batches`) keeps batches of every length, not the shortest.
     """
 
     def __init__(
@@ -351,6 +353,7 @@ class EvalBatchSampler(Sampler[list[int]]):
         batch_size: int | None = None,
         num_replicas: int = 1,
         rank: int = 0,
+        order_seed: int | None = None,
     ) -> None:
         if isinstance(rank, bool) or not isinstance(rank, int) or not 0 <= rank < num_replicas:
             raise ValueError(f"rank must be an int in [0, num_replicas={num_replicas}), got {rank!r}")
@@ -360,7 +363,11 @@ class EvalBatchSampler(Sampler[list[int]]):
             self.batches: list[list[int]] = []
             return
         ordered = TokenBudgetBatchSampler(lengths, max_tokens=max_tokens, batch_size=batch_size, shuffle=False)
-        self.batches = ordered.global_batches()[rank::num_replicas]
+        batches = ordered.global_batches()
+        if order_seed is not None:
+            permutation = torch.randperm(len(batches), generator=epoch_generator(order_seed, 0, stream=7)).tolist()
+            batches = [batches[i] for i in permutation]
+        self.batches = batches[rank::num_replicas]
 
     def __len__(self) -> int:
         return len(self.batches)

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..runs import cache_dir as user_cache_dir
 from .translation import TranslationDataModule
 
 LARGEST = 999_999
@@ -150,8 +151,9 @@ class NumbersDataModule(TranslationDataModule):
         num_validation: Held-out validation pairs.
         num_test: Held-out test pairs.
         seed: Seed of the corpus and of the batch order.
-        source_lang, target_lang: "en" -> "de" (the quickstart: the German compound reorders ones and tens) or
-            "de" -> "en" (multi-word English outputs, so BLEU is informative too).
+        source_lang: "en" (the quickstart: the German compound reorders ones and tens) or "de" (multi-word English
+            outputs, so BLEU is informative too).
+        target_lang: The other one.
     """
 
     def __init__(
@@ -160,7 +162,7 @@ class NumbersDataModule(TranslationDataModule):
         num_validation: int = 500,
         num_test: int = 1000,
         seed: int = 0,
-        cache_dir: str = "cache",
+        cache_dir: str | None = None,
         tokenizer_path: str | None = None,
         vocab_size: int = 500,
         max_source_length: int = 64,
@@ -187,7 +189,8 @@ class NumbersDataModule(TranslationDataModule):
         self.num_train = num_train
         self.num_validation = num_validation
         self.num_test = num_test
-        folder = Path(cache_dir) / f"numbers-en-de-{num_train}-{num_validation}-{num_test}-seed{seed}"
+        root = Path(cache_dir) if cache_dir is not None else user_cache_dir()
+        folder = root / f"numbers-en-de-{num_train}-{num_validation}-{num_test}-seed{seed}"
         data_files = write_numbers_corpus(folder, num_train, num_validation, num_test, seed)
         super().__init__(
             data_files=data_files,

@@ -21,6 +21,7 @@ import json
 import logging
 import os
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import datasets
@@ -34,6 +35,7 @@ from hf_transformer.tokenization_vaswani import iter_parallel_texts, train_token
 
 from .corpus import (
     CACHE_FORMAT_VERSION,
+    COMPRESSION_SUFFIXES,
     LABEL_PAD_ID,
     STRUCTURED_BUILDERS,
     CorpusDataModule,
@@ -228,15 +230,75 @@ def check_languages(source_lang: str, target_lang: str) -> None:
         raise ValueError(f"source_lang and target_lang must differ, both are {source_lang!r}")
 
 
-def check_text_pairs(data_files: dict[str, list[str]]) -> None:
-    """Plain-text data comes as [source_file, target_file] pairs."""
+def check_lengths(max_length_ratio: float, overlong: str, longest: int, batching: dict[str, int | None]) -> None:
+    """The length-cleaning settings, and batches (training, evaluation) that hold the longest allowed example."""
+    if overlong not in ("drop", "truncate"):
+        raise ValueError(f"overlong must be 'drop' or 'truncate', got {overlong!r}")
+    if isinstance(max_length_ratio, bool) or not isinstance(max_length_ratio, (int, float)) or max_length_ratio < 1:
+        raise ValueError(f"max_length_ratio must be a number >= 1, got {max_length_ratio!r}")
+    for prefix in ("", "eval_"):
+        budget, size = f"{prefix}max_tokens", f"{prefix}batch_size"
+        check_batching(budget, batching[budget], size, batching[size], longest,
+                       "max(max_source_length, max_target_length)")
+
+
+def language_suffix(path: str) -> str:
+    """The language a plain-text file's name says: `train.de.gz` -> "de", `val.en` -> "en" ("" for none)."""
+    suffixes = [suffix.lower() for suffix in Path(path).suffixes]
+    if suffixes and suffixes[-1] in COMPRESSION_SUFFIXES:
+        suffixes = suffixes[:-1]
+    return suffixes[-1][1:] if suffixes else ""
+
+
+def expand_prefixes(data_files: Any, source_lang: str, target_lang: str) -> Any:
+    """A split given as a prefix (fairseq style: `data/train` for `data/train.de.gz` + `data/train.en.gz`) becomes its
+    pair of files; anything else is returned as it is (the corpus layer checks it)."""
+    if not isinstance(data_files, dict):
+        return data_files
+    expanded = {}
+    for split, files in data_files.items():
+        prefix = files[0] if isinstance(files, list) and len(files) == 1 else files
+        if isinstance(prefix, (str, os.PathLike)) and not os.path.isfile(prefix):
+            found = [next((f"{prefix}.{lang}{ext}" for ext in ("", *COMPRESSION_SUFFIXES)
+                           if os.path.isfile(f"{prefix}.{lang}{ext}")), None) for lang in (source_lang, target_lang)]
+            if all(found):
+                files = found
+        expanded[split] = files
+    return expanded
+
+
+def order_text_pairs(data_files: dict[str, list[str]], source_lang: str,
+                     target_lang: str) -> dict[str, list[str]]:
+    """Plain-text data comes as pairs of aligned files, matched to the languages by their suffix (`train.de.gz` is
+    German, whatever its place in the list); files whose names name no language are taken in order, source first.
+    Structured files (parquet, json, csv) carry their language columns and are returned as they are."""
+    ordered = {}
     for name, files in data_files.items():
-        if structured_builder(files[0]) is None and len(files) != 2:
+        if structured_builder(files[0]) is not None:
+            ordered[name] = files
+            continue
+        if len(files) != 2:
             raise ValueError(
-                f"data_files[{name!r}] = {files}: plain-text data must be a pair [source_file, target_file] of "
-                f"aligned files; structured files must end in one of {sorted(STRUCTURED_BUILDERS)} (optionally "
-                f"compressed)"
+                f"data_files[{name!r}] = {files}: plain-text data must be a pair of aligned files, e.g. "
+                f"['train.{source_lang}.gz', 'train.{target_lang}.gz'] (matched to source_lang/target_lang by their "
+                f"suffix), or the prefix 'train'; structured files must end in one of {sorted(STRUCTURED_BUILDERS)} "
+                f"(optionally compressed)"
             )
+        suffixes = [language_suffix(path) for path in files]
+        known = [suffix for suffix in suffixes if suffix in (source_lang, target_lang)]
+        if not known:
+            ordered[name] = list(files)  # no language in the names: the order says it
+            logger.info("data_files[%r]: no language suffix in %s: %s is the source (%s), %s the target (%s)",
+                        name, files, files[0], source_lang, files[1], target_lang)
+        elif sorted(known) == sorted([source_lang, target_lang]):
+            ordered[name] = [files[suffixes.index(source_lang)], files[suffixes.index(target_lang)]]
+        else:
+            raise ValueError(
+                f"data_files[{name!r}] = {files}: the file names say languages {suffixes}, not source_lang="
+                f"{source_lang!r} and target_lang={target_lang!r}: name the files *.{source_lang} and "
+                f"*.{target_lang} (optionally .gz), or set source_lang/target_lang to the languages of the files"
+            )
+    return ordered
 
 
 class TranslationDataModule(CorpusDataModule):
@@ -247,19 +309,25 @@ class TranslationDataModule(CorpusDataModule):
         dataset_config: Its configuration, e.g. `"de-en"` for `wmt/wmt14`.
         revision: Hub revision to read, e.g. `"refs/convert/parquet"`: the hub's parquet conversion of a dataset
             whose loading script `datasets` 5 refuses (`IWSLT/iwslt2017`).
-        data_files: Local files per split instead of `dataset`: parquet, json/jsonl or csv files, or a pair
-            `[source_file, target_file]` of aligned plain-text files (one sentence per line; `.gz` accepted).
+        data_files: Local files per split instead of `dataset`: parquet, json/jsonl or csv files, or two aligned
+            plain-text files (one sentence per line; `.gz`, `.bz2`, `.xz` accepted) matched to the languages by their
+            suffix (`{train: [train.de.gz, train.en.gz], validation: [val.de.gz, val.en.gz]}`; without language
+            suffixes the source comes first), or the prefix they share (`{train: data/train}`).
         source_lang: Source language (column name, or key inside the `translation` column).
         target_lang: Target language.
         train_split: Split to train on (slices allowed: `"train[1000:]"`).
         validation_split: Split for validation (`"train[:1000]"` for a corpus without one).
+        validation_sample: Score validation on a fixed random sample of this many pairs of the validation split
+            (drawn once with `seed`, the same sentences at every validation; the log and the model card say so);
+            None scores the whole split. Prefer it to `trainer.limit_val_batches`, which keeps whole batches.
         test_split: Split for testing.
         streaming: Stream the training split instead of downloading/preparing it (see the module docstring).
         tokenizer_path: Folder of an existing tokenizer to use instead of training one.
         vocab_size: Size of the joint BPE vocabulary trained on the training split (the paper: about 37000).
         tokenizer_training_pairs: Train the tokenizer on at most this many pairs (a seeded random sample; the first
             ones when streaming); None uses the whole training split.
-        cache_dir: Where the tokenizer and the tokenized splits are cached.
+        cache_dir: Where the tokenizer and the tokenized splits are cached; None: the per-user cache
+            (`$HF_TRANSFORMER_CACHE`, else `~/.cache/hf-transformer`), shared by runs and keyed by content.
         max_source_length: Longest source in tokens, `</s>` included.
         max_target_length: Longest target in tokens, `</s>` included.
         max_length_ratio: Training pairs whose longer side has more than this many times the tokens of the shorter
@@ -271,7 +339,8 @@ class TranslationDataModule(CorpusDataModule):
         batch_size: Fixed number of pairs per training batch instead.
         eval_max_tokens: Token budget of validation/test/predict batches (exactly one of it and `eval_batch_size`).
         eval_batch_size: Fixed number of pairs per validation/test/predict batch instead.
-        predict_file: Plain-text file, one source sentence per line, translated by `trainer.predict`.
+        predict_file: Plain-text file, one source sentence per line, translated by `predict` (into
+            `<run>/predictions/`).
         num_workers: DataLoader worker processes.
         num_proc: Processes for tokenizing with `datasets.map`.
         seed: Seed of the batch order (and of the tokenizer's training sample).
@@ -293,12 +362,13 @@ class TranslationDataModule(CorpusDataModule):
         target_lang: str = "en",
         train_split: str = "train",
         validation_split: str = "validation",
+        validation_sample: int | None = None,
         test_split: str = "test",
         streaming: bool = False,
         tokenizer_path: str | None = None,
         vocab_size: int = 37000,
         tokenizer_training_pairs: int | None = None,
-        cache_dir: str = "cache",
+        cache_dir: str | None = None,
         max_source_length: int = 256,
         max_target_length: int = 256,
         max_length_ratio: float = 9.0,
@@ -315,32 +385,33 @@ class TranslationDataModule(CorpusDataModule):
     ) -> None:
         check_languages(source_lang, target_lang)
         self.source_lang, self.target_lang = source_lang, target_lang
-        super().__init__(dataset, dataset_config, revision, data_files,
+        super().__init__(dataset, dataset_config, revision, expand_prefixes(data_files, source_lang, target_lang),
                          {"train": train_split, "validation": validation_split, "test": test_split},
                          tokenizer_path, vocab_size, cache_dir, num_workers, seed)
-        check_text_pairs(self.data_files or {})
-        if overlong not in ("drop", "truncate"):
-            raise ValueError(f"overlong must be 'drop' or 'truncate', got {overlong!r}")
+        if self.data_files is not None:
+            self.data_files = order_text_pairs(self.data_files, source_lang, target_lang)
         for name, value, minimum, optional in (
             ("max_source_length", max_source_length, 2, False), ("max_target_length", max_target_length, 2, False),
             ("num_proc", num_proc, 1, False), ("streaming_buffer_size", streaming_buffer_size, 1, False),
             ("tokenizer_training_pairs", tokenizer_training_pairs, 1, True), ("max_tokens", max_tokens, 1, True),
+            ("validation_sample", validation_sample, 1, True),
             ("batch_size", batch_size, 1, True), ("eval_max_tokens", eval_max_tokens, 1, True),
             ("eval_batch_size", eval_batch_size, 1, True)):
             check_int(name, value, minimum, optional)
-        if isinstance(max_length_ratio, bool) or not isinstance(max_length_ratio, (int, float)) or max_length_ratio < 1:
-            raise ValueError(f"max_length_ratio must be a number >= 1, got {max_length_ratio!r}")
-        longest = max(max_source_length, max_target_length), "max(max_source_length, max_target_length)"
-        check_batching("max_tokens", max_tokens, "batch_size", batch_size, *longest)
-        check_batching("eval_max_tokens", eval_max_tokens, "eval_batch_size", eval_batch_size, *longest)
+        check_lengths(max_length_ratio, overlong, max(max_source_length, max_target_length),
+                      {"max_tokens": max_tokens, "batch_size": batch_size, "eval_max_tokens": eval_max_tokens,
+                       "eval_batch_size": eval_batch_size})
         self.streaming, self.streaming_buffer_size, self.num_proc = streaming, streaming_buffer_size, num_proc
         self.tokenizer_training_pairs, self.predict_file = tokenizer_training_pairs, predict_file
+        self.validation_sample = validation_sample
         self.max_source_length, self.max_target_length = max_source_length, max_target_length
         self.max_length_ratio, self.overlong = float(max_length_ratio), overlong
         self.max_tokens, self.batch_size = max_tokens, batch_size
         self.eval_max_tokens, self.eval_batch_size = eval_max_tokens, eval_batch_size
         #: Per split name: counts of `REPORT_KEYS` ("predict" too); filled as splits are prepared.
         self.cleaning_report: dict[str, dict[str, int]] = {}
+        #: Per role: what its evaluation covers (`evaluation_set`), filled as the splits are prepared.
+        self.evaluation_sets: dict[str, dict[str, Any]] = {}
         #: Fraction of pad tokens in this epoch's training batches (source and target), set by `train_dataloader`.
         self.train_padding_fraction: float | None = None
 
@@ -547,8 +618,31 @@ class TranslationDataModule(CorpusDataModule):
                 f"check source_lang/target_lang and the files, or loosen max_source_length/max_target_length/"
                 f"max_length_ratio (overlong: 'truncate' keeps long pairs)"
             )
+        cleaned = kept.size
+        if role == "validation":
+            kept = self.sample_validation(kept, split)
+        self.evaluation_sets[role] = {"dataset": self.dataset_name, "split": split, "pairs": int(kept.size),
+                                      "total": len(flags),
+                                      "sample": f"a fixed random sample (seed {self.seed})" if kept.size < cleaned
+                                      else None}
         self._splits[role] = encoded if kept.size == len(encoded) else encoded.select(kept)
         return self._splits[role]
+
+    def sample_validation(self, kept: np.ndarray, split: str) -> np.ndarray:
+        """The fixed random sample of `validation_sample` pairs (seeded, sorted), or all of `kept`."""
+        if self.validation_sample is None or self.validation_sample >= kept.size:
+            return kept
+        chosen = np.sort(np.random.default_rng(self.seed).choice(kept, size=self.validation_sample, replace=False))
+        if self.is_global_zero():
+            logger.info("validation scores a fixed random sample of %d of the %d pairs of %s (seed %d), the same "
+                        "at every validation; validation_sample: null scores them all", chosen.size, kept.size,
+                        self.where(split), self.seed)
+        return chosen
+
+    def evaluation_set(self, role: str) -> dict[str, Any] | None:
+        """What the evaluation of `role` ("validation", "test") covers: dataset, split, pairs scored, pairs in the
+        split, and how the sample was drawn (None: the whole split, cleaned of empty pairs)."""
+        return self.evaluation_sets.get(role)
 
     def predict_split(self) -> datasets.Dataset:
         """The tokenized `predict_file` lines (all kept, in file order; overlong ones truncated)."""
@@ -611,17 +705,18 @@ class TranslationDataModule(CorpusDataModule):
             )
         return loader
 
-    def evaluation_loader(self, split: datasets.Dataset, with_targets: bool = True) -> DataLoader:
+    def evaluation_loader(self, split: datasets.Dataset, with_targets: bool = True,
+                          fixed_random_order: bool = False) -> DataLoader:
         columns = ["source_length", "target_length"] if with_targets else ["source_length"]
         numpy_split = split.with_format("numpy")
         lengths = np.stack([np.asarray(numpy_split[column]) for column in columns], axis=1) if len(split) else []
         if len(split) and not with_targets:
             lengths = lengths[:, 0]
         return self.eval_loader(split, lengths, TranslationCollator(self.pad_token_id), self.eval_max_tokens,
-                                self.eval_batch_size)
+                                self.eval_batch_size, fixed_random_order)
 
     def val_dataloader(self) -> DataLoader:
-        return self.evaluation_loader(self.tokenized_split("validation"))
+        return self.evaluation_loader(self.tokenized_split("validation"), fixed_random_order=True)
 
     def test_dataloader(self) -> DataLoader:
         return self.evaluation_loader(self.tokenized_split("test"))

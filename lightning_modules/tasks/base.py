@@ -9,7 +9,10 @@ The base owns:
 - the training step: the label-smoothed loss (§5.4) normalised by the target tokens of the whole step over every rank;
 - the optimiser and its per-step schedule (given the model's d_model, §5.3);
 - evaluation: the teacher-forced loss and the task's records, gathered over the ranks, every example counted once;
-- the checkpoint: the RNG streams of every rank (exact resume) and the model's configuration (checkpoint averaging);
+- the checkpoint: the RNG streams of every rank (exact resume), the model's configuration (checkpoint averaging) and
+  the run record (the data module's class and arguments, the tokenizer: `lightning_modules.runs`), so that `test`,
+  `validate` and `predict` need nothing but the checkpoint;
+- a summary of every evaluation (`evaluations`: scores, what was scored, decoding) for the log and the model card;
 - FSDP2 sharding and `torch.compile`.
 Throughput and the non-finite guard are callbacks (`lightning_modules.callbacks`), added unless the trainer has one.
 """
@@ -20,6 +23,7 @@ import json
 import math
 import os
 import random
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
@@ -28,13 +32,18 @@ import torch
 import torch.distributed as dist
 from lightning.pytorch import Callback, LightningModule
 from lightning.pytorch.cli import OptimizerCallable
+from lightning.pytorch.trainer.states import TrainerFn
 from transformers import PreTrainedModel
 
 from hf_transformer import VaswaniConfig
 
+from ..callbacks.curves import LearningCurves
 from ..callbacks.nonfinite import NonFiniteLossGuard
+from ..callbacks.results import EvaluationOutputs
 from ..callbacks.throughput import TokenThroughput
 from ..checkpointing import MODEL_KEY, describe_model
+from ..redaction import known_secrets, redact_command
+from ..runs import RUN_KEY, class_path, tokenizer_files, weights_name
 from ..schedules import ScheduleCallable, inverse_sqrt_schedule, paper_adam
 from .metrics import label_smoothed_loss
 
@@ -45,7 +54,11 @@ MODEL_CONFIG_KEYS = frozenset(VaswaniConfig.__annotations__) | {"attn_implementa
 #: Arguments kept out of the checkpointed hyper-parameters: the checkpoint's override the command line when LightningCLI
 #: loads it, and these (decoding and output settings, runtime choices) must be free to change at test time.
 RUNTIME_ARGUMENTS = ["optimizer", "lr_scheduler", "compile", "num_beams", "length_penalty", "validation_num_beams",
-                     "predictions_path"]
+                     "predictions_path", "pretrained", "comet_model"]
+#: The evaluation metrics the progress bar shows (all of them go to the loggers).
+PROGRESS_BAR_METRICS = ("loss", "bleu", "chrf")
+#: The callbacks every task trains and evaluates with, unless the trainer has its own of that class.
+DEFAULT_CALLBACKS = (TokenThroughput, NonFiniteLossGuard, LearningCurves, EvaluationOutputs)
 
 
 def read_model_config(model_config: dict[str, Any] | str | None) -> dict[str, Any]:
@@ -69,6 +82,12 @@ def read_model_config(model_config: dict[str, Any] | str | None) -> dict[str, An
         raise ValueError(f"model_config has unknown keys {unknown}: it takes VaswaniConfig fields, "
                          f"{sorted(MODEL_CONFIG_KEYS)}")
     return dict(model_config)
+
+
+def pretrained_fields(pretrained: str) -> dict[str, Any]:
+    """The `VaswaniConfig` fields of an exported folder or a Hub model."""
+    config = VaswaniConfig.from_pretrained(pretrained)
+    return {key: value for key, value in config.to_dict().items() if key in MODEL_CONFIG_KEYS}
 
 
 def gather_objects(items: list) -> list:
@@ -95,6 +114,9 @@ class TaskModule(LightningModule):
         compile: `torch.compile` the model's forward for the training steps (one graph, no breaks; the backward is
             compiled with it). None = on when training on CUDA, where it pays, off on CPU, where compiling takes
             longer than it saves on short runs (see benchmarks/README.md).
+        pretrained: An exported folder or a Hub model id whose weights (and configuration: `model_config` only
+            overrides fields of it) the model starts from: to evaluate an export (`test --ckpt_path FOLDER` sets it)
+            or to fine-tune one.
     """
 
     model_class: ClassVar[type[PreTrainedModel]]
@@ -110,10 +132,13 @@ class TaskModule(LightningModule):
         optimizer: OptimizerCallable = paper_adam,
         lr_scheduler: ScheduleCallable = inverse_sqrt_schedule,
         compile: bool | None = None,
+        pretrained: str | None = None,
     ) -> None:
         super().__init__()
         if not 0.0 <= label_smoothing < 1.0:
             raise ValueError(f"`label_smoothing` must be in [0, 1), got {label_smoothing!r}.")
+        if pretrained is not None:
+            model_config = {**pretrained_fields(pretrained), **read_model_config(model_config)}
         fields = self.model_fields(model_config, tokenizer_fields)
         self.save_hyperparameters(ignore=RUNTIME_ARGUMENTS)
         # the checkpoint keeps the resolved configuration, not a path or a partial mapping: it rebuilds this model
@@ -122,10 +147,20 @@ class TaskModule(LightningModule):
         self.scheduler_factory = lr_scheduler
         self.compile_model = compile
         self.compiled_forward: Callable | None = None  # set in on_fit_start; a function, not a registered module
-        self.model = self.model_class(VaswaniConfig(**fields))
+        self.pretrained = pretrained
+        config = VaswaniConfig(**fields)
+        self.model = self.model_class(config) if pretrained is None else self.model_class.from_pretrained(
+            pretrained, config=config)
         self.evaluation_outputs: list[tuple[int, Any]] = []  # (example id, the task's record of it)
+        #: Per evaluated role ("validation", "test"): the summary of the last evaluation (`evaluation_summary`), and
+        #: the records it scored in example order (global rank 0 has all of them).
+        self.evaluations: dict[str, dict[str, Any]] = {}
+        self.evaluated_records: dict[str, list[Any]] = {}
+        self.metric_signatures: dict[str, str] = {}  # set by a task's `score` (sacreBLEU signatures)
         self.evaluation_sums = torch.zeros(2, dtype=torch.float64)  # nll, tokens
         self.rng_states_to_restore: dict | None = None
+        self.cached_run_record: dict[str, Any] | None = None
+        self.loaded_step: int | None = None  # the step of the checkpoint evaluated (test --ckpt_path)
 
     def model_fields(self, model_config: dict[str, Any] | str | None,
                      tokenizer_fields: dict[str, int] | None) -> dict[str, Any]:
@@ -168,9 +203,10 @@ class TaskModule(LightningModule):
         return isinstance(self.model, FSDPModule)
 
     def configure_callbacks(self) -> list[Callback]:
-        """The throughput log and the non-finite guard ("skip"), unless the trainer has its own."""
+        """The throughput log, the non-finite guard ("skip"), the learning curves at the end of fit and the files of
+        an evaluation (test hypotheses, the model card's test score), unless the trainer has its own."""
         present = {type(callback) for callback in self.trainer.callbacks}
-        return [callback() for callback in (TokenThroughput, NonFiniteLossGuard) if callback not in present]
+        return [callback() for callback in DEFAULT_CALLBACKS if callback not in present]
 
     # ------------------------------------------------------------------------------------------------------------
     # Training
@@ -204,6 +240,7 @@ class TaskModule(LightningModule):
         metrics = {"train/loss": sums[0] / global_tokens, "train/nll": global_nll, "train/ppl": torch.exp(global_nll),
                    **self.training_metrics(batch, tokens)}
         self.log_dict(metrics, on_step=True, on_epoch=False, batch_size=batch["labels"].shape[0])
+        self.log("loss", metrics["train/loss"], on_step=True, prog_bar=True, logger=False)  # the bar's short name
         self.log("lr", self.optimizers().param_groups[0]["lr"], on_step=True, prog_bar=True)
         # `tokens`: read by the TokenThroughput callback once the step is done
         return {"loss": loss_sum * self.trainer.world_size / global_tokens, "tokens": global_tokens}
@@ -271,10 +308,42 @@ class TaskModule(LightningModule):
         nll = (sums[0] / sums[1].clamp(min=1)).item()
         metrics = {f"{prefix}/loss": nll, f"{prefix}/ppl": math.exp(min(nll, 50.0)), f"{prefix}/tokens": float(sums[1]),
                    **{f"{prefix}/{name}": value for name, value in self.score(ordered).items()}}
-        self.log_dict(metrics, prog_bar=True, sync_dist=False, rank_zero_only=False)
+        shown = {key: value for key, value in metrics.items() if key.split("/", 1)[1] in PROGRESS_BAR_METRICS}
+        self.log_dict(shown, prog_bar=True, sync_dist=False, rank_zero_only=False)
+        self.log_dict({key: value for key, value in metrics.items() if key not in shown}, sync_dist=False,
+                      rank_zero_only=False)
+        role = "validation" if prefix == "val" else prefix
+        self.evaluations[role] = self.evaluation_summary(role, metrics, len(ordered))
+        self.evaluated_records[role] = ordered
         if self.trainer.is_global_zero:
             for line in self.describe(prefix, metrics, ordered):
                 self.print(line)
+
+    def evaluation_summary(self, role: str, metrics: dict[str, float], scored: int) -> dict[str, Any]:
+        """What an evaluation measured, on what, and how (the model card's source): the step, the metrics without
+        their prefix, the number of examples scored, the set (`evaluation_set` of the data module: dataset, split,
+        size, sample), the decoding settings and the sacreBLEU signatures."""
+        evaluation_set = getattr(self.trainer.datamodule, "evaluation_set", None)
+        step = self.trainer.global_step if self.trainer.state.fn == TrainerFn.FITTING else self.loaded_step
+        return {"step": step,
+                "metrics": {key.split("/", 1)[1]: float(value) for key, value in metrics.items()},
+                "sentences": scored or None, "set": evaluation_set(role) if evaluation_set else None,
+                "decoding": self.decoding(role), "signatures": dict(self.metric_signatures)}
+
+    def decoding(self, role: str) -> dict[str, Any] | None:
+        """The decoding settings of an evaluation of `role` (None for a task that does not generate)."""
+        if not hasattr(self, "num_beams"):
+            return None
+        beams = self.num_beams if role == "test" else self.validation_num_beams
+        return {"num_beams": beams, "length_penalty": self.length_penalty if beams > 1 else None}
+
+    def weights_name(self) -> str:
+        """How output files name the weights evaluated: the checkpoint's stem (`best`), the exported folder's name."""
+        return weights_name(self.trainer.ckpt_path or self.pretrained)
+
+    def output_lines(self, records: list[Any]) -> list[str]:
+        """The lines of the hypotheses file `test` writes, one per example (none by default)."""
+        return []
 
     def set_decoding(self, num_beams: int, length_penalty: float, validation_num_beams: int | None) -> None:
         """Beam search for evaluation (§6.1); `num_beams` and `length_penalty` are also what the exported folder's
@@ -301,13 +370,30 @@ class TaskModule(LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint[MODEL_KEY] = describe_model(self.model)
+        checkpoint[RUN_KEY] = self.run_record()
         state = {"torch": torch.get_rng_state(), "python": list(random.getstate()[1]),
                  "python_version": random.getstate()[0], "python_gauss": random.getstate()[2]}
         if torch.cuda.is_available():
             state["cuda"] = torch.cuda.get_rng_state_all()
         checkpoint["rng_states"] = gather_objects([state])
 
+    def run_record(self) -> dict[str, Any]:
+        """What evaluating this checkpoint needs besides the weights: the task's class, the data module's class and
+        arguments, and the tokenizer's files (computed once: the tokenizer does not change during a run)."""
+        if self.cached_run_record is None:
+            datamodule = self.trainer.datamodule
+            tokenizer = getattr(datamodule, "tokenizer", None)
+            run_config = getattr(datamodule, "run_config", None)
+            languages = [getattr(datamodule, name, None) for name in ("source_lang", "target_lang")]
+            self.cached_run_record = {
+                "task": class_path(self), "data": run_config() if run_config else None,
+                "tokenizer": tokenizer_files(tokenizer) if tokenizer is not None else None,
+                "languages": [lang for lang in languages if lang], "dataset": getattr(datamodule, "dataset_name", None),
+                "command": redact_command(sys.argv, known_secrets(self.trainer.callbacks))}
+        return self.cached_run_record
+
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.loaded_step = checkpoint.get("global_step")
         if MODEL_KEY not in checkpoint:
             raise ValueError(
                 f"this checkpoint was written by an older version of {type(self).__name__}, whose arguments were a "

@@ -45,9 +45,18 @@ class CaptioningModule(TaskModule):
     the data module's images); without one the defaults below are a small pre-LN model for 32 x 32 images.
 
     Args:
-        model_config ... compile: see `TaskModule`.
-        num_beams, length_penalty: test-time decoding; validation_num_beams: beams for validation (default num_beams).
-        max_caption_length: longest generated caption in tokens.
+        model_config: The model's `VaswaniConfig` fields (a mapping), or the path of a config.json or of a folder
+            holding one; `image_size`, `patch_size` and `num_channels` must match the data module's images.
+        tokenizer_fields: vocab_size and the special token ids of the tokenizer (linked by the CLI).
+        label_smoothing: epsilon_ls of §5.4.
+        optimizer: Parameters -> optimiser; default Adam(0.9, 0.98, 1e-9) (§5.3).
+        lr_scheduler: (optimiser, d_model) -> schedule; default warmup then inverse square root (§5.3).
+        compile: `torch.compile` the training forward; None: on CUDA only.
+        pretrained: An exported folder or Hub model id to start from (its weights and configuration).
+        num_beams: Beams at test time (and in the exported folder's `generate()`).
+        length_penalty: Length penalty alpha at test time.
+        validation_num_beams: Beams for validation scores (default: num_beams).
+        max_caption_length: Longest generated caption in tokens.
     """
 
     model_class = VaswaniForImageCaptioning
@@ -65,12 +74,13 @@ class CaptioningModule(TaskModule):
         optimizer: OptimizerCallable = paper_adam,
         lr_scheduler: ScheduleCallable = inverse_sqrt_schedule,
         compile: bool | None = None,
+        pretrained: str | None = None,
         num_beams: int = 4,
         length_penalty: float = 0.6,
         validation_num_beams: int | None = None,
         max_caption_length: int = 48,
     ) -> None:
-        super().__init__(model_config, tokenizer_fields, label_smoothing, optimizer, lr_scheduler, compile)
+        super().__init__(model_config, tokenizer_fields, label_smoothing, optimizer, lr_scheduler, compile, pretrained)
         self.set_decoding(num_beams, length_penalty, validation_num_beams)
         self.model.generation_config.max_length = max_caption_length + 1  # <s> + caption
         self.bleu_signature: str | None = None
@@ -105,7 +115,11 @@ class CaptioningModule(TaskModule):
     def score(self, records: list[Any]) -> dict[str, float]:
         scores = caption_scores([h for h, _ in records], [r for _, r in records])
         self.bleu_signature = scores["signature"]
+        self.metric_signatures = {"bleu": scores["signature"]} if scores["signature"] else {}
         return {"bleu": scores["bleu"], "exact_match": scores["exact_match"], "images": float(len(records))}
+
+    def output_lines(self, records: list[Any]) -> list[str]:
+        return [hypothesis for hypothesis, _ in records]
 
     def describe(self, prefix: str, metrics: dict[str, float], records: list[Any]) -> list[str]:
         if not records:

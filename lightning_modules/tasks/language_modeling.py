@@ -21,7 +21,17 @@ from .metrics import label_smoothed_loss
 
 class CausalLanguageModule(TaskModule):
     """Next-token prediction; `label_smoothing` defaults to 0 (plain NLL, the usual choice for language models).
-    Arguments: see `TaskModule`."""
+
+    Args:
+        model_config: The model's `VaswaniConfig` fields (a mapping; the decoder's sizes), or the path of a
+            config.json or of a folder holding one.
+        tokenizer_fields: vocab_size and the special token ids of the tokenizer (linked by the CLI).
+        label_smoothing: epsilon_ls of §5.4 (0: plain negative log-likelihood).
+        optimizer: Parameters -> optimiser; default Adam(0.9, 0.98, 1e-9) (§5.3).
+        lr_scheduler: (optimiser, d_model) -> schedule; default warmup then inverse square root (§5.3).
+        compile: `torch.compile` the training forward; None: on CUDA only.
+        pretrained: An exported folder or Hub model id to start from (its weights and configuration).
+    """
 
     model_class = VaswaniForCausalLM
     fixed_model_fields = {"is_encoder_decoder": False}
@@ -34,8 +44,9 @@ class CausalLanguageModule(TaskModule):
         optimizer: OptimizerCallable = paper_adam,
         lr_scheduler: ScheduleCallable = inverse_sqrt_schedule,
         compile: bool | None = None,
+        pretrained: str | None = None,
     ) -> None:
-        super().__init__(model_config, tokenizer_fields, label_smoothing, optimizer, lr_scheduler, compile)
+        super().__init__(model_config, tokenizer_fields, label_smoothing, optimizer, lr_scheduler, compile, pretrained)
 
     def forward_loss(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Position t predicts token t + 1."""

@@ -1,4 +1,4 @@
-"""The loss (§5.4) and the corpus BLEU the tasks report."""
+"""The loss (§5.4) and the corpus scores the tasks report: sacreBLEU's BLEU and chrF, COMET (optional)."""
 
 from __future__ import annotations
 
@@ -35,4 +35,28 @@ def corpus_bleu(hypotheses: list[str], reference_streams: list[list[str | None]]
     return score, str(metric.get_signature())
 
 
-__all__ = ["label_smoothed_loss", "corpus_bleu"]
+def corpus_chrf(hypotheses: list[str], reference_streams: list[list[str | None]]) -> tuple[float, str]:
+    """sacreBLEU's chrF (character 6-grams, beta 2; Popović 2015) and its signature: robust where BLEU's word
+    n-grams are sparse (morphologically rich targets, short sentences)."""
+    metric = sacrebleu.CHRF()
+    return metric.corpus_score(hypotheses, reference_streams).score, str(metric.get_signature())
+
+
+def comet_score(model_name: str, sources: list[str], hypotheses: list[str], references: list[str],
+                batch_size: int = 32) -> float:
+    """The system COMET score (Rei et al. 2020) of a neural metric model (e.g. `Unbabel/wmt22-comet-da`, downloaded
+    once into the Hugging Face cache), times 100 to read as BLEU does. Needs the optional `unbabel-comet` package."""
+    try:
+        from comet import download_model, load_from_checkpoint
+    except ImportError:
+        raise ImportError(
+            f"comet_model={model_name!r} needs the optional COMET package: pip install unbabel-comet (or "
+            "hf-transformer[comet]); leave comet_model unset to score BLEU and chrF only"
+        ) from None
+    scorer = load_from_checkpoint(download_model(model_name))
+    rows = [{"src": s, "mt": h, "ref": r} for s, h, r in zip(sources, hypotheses, references)]
+    gpus = 1 if torch.cuda.is_available() else 0
+    return 100.0 * float(scorer.predict(rows, batch_size=batch_size, gpus=gpus, progress_bar=False).system_score)
+
+
+__all__ = ["label_smoothed_loss", "corpus_bleu", "corpus_chrf", "comet_score"]

@@ -1,4 +1,5 @@
-"""`TranslationModule`: trains `VaswaniForConditionalGeneration` and scores beam-search translations with sacreBLEU.
+"""`TranslationModule`: trains `VaswaniForConditionalGeneration` and scores beam-search translations with sacreBLEU
+(BLEU and chrF; COMET when asked).
 
 Batches come from `TranslationDataModule`: `input_ids`, `attention_mask`, `labels` (-100 on padding), `ids`
 (example indices, to count each sentence once under DDP) and, for evaluation, `references` / `sources` (raw text).
@@ -16,19 +17,33 @@ from hf_transformer import VaswaniForConditionalGeneration, shift_tokens_right
 from hf_transformer.translation import paper_generation_config
 
 from ..schedules import ScheduleCallable, inverse_sqrt_schedule, paper_adam
+from ..callbacks.model_card import describe_decoding, describe_set
 from .base import TaskModule, gather_objects
-from .metrics import corpus_bleu, label_smoothed_loss
+from .metrics import comet_score, corpus_bleu, corpus_chrf, label_smoothed_loss
 
 
 class TranslationModule(TaskModule):
-    """Sequence to sequence: the label-smoothed loss (§5.4) of the target given the source, corpus BLEU and exact
-    match of beam-search translations (§6.1: beam 4, alpha 0.6, max length = input length + 50).
+    """Sequence to sequence: the label-smoothed loss (§5.4) of the target given the source; corpus BLEU and chrF
+    (sacreBLEU), exact match and optionally COMET of beam-search translations (§6.1: beam 4, alpha 0.6, max length =
+    input length + 50).
 
     Args:
-        model_config ... compile: see `TaskModule`.
-        num_beams, length_penalty: test-time decoding (also what the exported folder's `generate()` uses).
-        validation_num_beams: beams for validation BLEU (default: num_beams); fewer is faster.
-        predictions_path: where `predict` writes translations (default: <log dir>/predictions.txt).
+        model_config: The model's `VaswaniConfig` fields (a mapping), or the path of a config.json or of a folder
+            holding one; the task's defaults fill what it leaves out.
+        tokenizer_fields: vocab_size and the pad/bos/eos/decoder_start token ids of the tokenizer (linked by the CLI
+            from the data module).
+        label_smoothing: epsilon_ls of §5.4 (0.1 in the paper).
+        optimizer: Parameters -> optimiser; default Adam(0.9, 0.98, 1e-9) (§5.3).
+        lr_scheduler: (optimiser, d_model) -> schedule, stepped every optimiser step; default warmup 4000 then
+            inverse square root (§5.3).
+        compile: `torch.compile` the training forward; None: on CUDA only.
+        pretrained: An exported folder or Hub model id to start from (its weights and configuration).
+        num_beams: Beams at test and predict time (§6.1: 4); also what the exported folder's `generate()` uses.
+        length_penalty: Length penalty alpha at test and predict time (§6.1: 0.6).
+        validation_num_beams: Beams for validation scores (default: num_beams); 1 (greedy) is several times faster.
+        predictions_path: Where `predict` writes its translations; default `<run>/predictions/<weights>-<file>`.
+        comet_model: A COMET model (e.g. `Unbabel/wmt22-comet-da`) that `test` scores with, besides BLEU and chrF;
+            needs `pip install unbabel-comet`. None: no COMET.
     """
 
     model_class = VaswaniForConditionalGeneration
@@ -41,15 +56,22 @@ class TranslationModule(TaskModule):
         optimizer: OptimizerCallable = paper_adam,
         lr_scheduler: ScheduleCallable = inverse_sqrt_schedule,
         compile: bool | None = None,
+        pretrained: str | None = None,
         num_beams: int = 4,
         length_penalty: float = 0.6,
         validation_num_beams: int | None = None,
         predictions_path: str | None = None,
+        comet_model: str | None = None,
     ) -> None:
-        super().__init__(model_config, tokenizer_fields, label_smoothing, optimizer, lr_scheduler, compile)
+        super().__init__(model_config, tokenizer_fields, label_smoothing, optimizer, lr_scheduler, compile, pretrained)
         self.set_decoding(num_beams, length_penalty, validation_num_beams)
         self.predictions_path = predictions_path
-        self.bleu_signature: str | None = None
+        self.comet_model = comet_model
+
+    @property
+    def bleu_signature(self) -> str | None:
+        """The sacreBLEU signature of the last BLEU score (what the callbacks and the card show)."""
+        return self.metric_signatures.get("bleu")
 
     def forward_loss(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         config = self.model.config
@@ -73,18 +95,33 @@ class TranslationModule(TaskModule):
         return list(zip(batch["ids"].tolist(), zip(batch["sources"], hypotheses, batch["references"])))
 
     def score(self, records: list[Any]) -> dict[str, float]:
-        hypotheses, references = [h for _, h, _ in records], [r for _, _, r in records]
-        bleu, self.bleu_signature = corpus_bleu(hypotheses, [references]) if records else (0.0, None)
-        exact = sum(h.strip() == r.strip() for h, r in zip(hypotheses, references)) / max(len(records), 1)
-        return {"bleu": bleu, "exact_match": exact, "sentences": float(len(records))}
+        if not records:
+            self.metric_signatures = {}
+            return {"bleu": 0.0, "chrf": 0.0, "exact_match": 0.0, "sentences": 0.0}
+        sources, hypotheses, references = ([record[k] for record in records] for k in range(3))
+        bleu, bleu_signature = corpus_bleu(hypotheses, [references])
+        chrf, chrf_signature = corpus_chrf(hypotheses, [references])
+        self.metric_signatures = {"bleu": bleu_signature, "chrf": chrf_signature}
+        exact = sum(h.strip() == r.strip() for h, r in zip(hypotheses, references)) / len(records)
+        scores = {"bleu": bleu, "chrf": chrf, "exact_match": exact, "sentences": float(len(records))}
+        if self.comet_model is not None and self.trainer.testing:
+            scores["comet"] = comet_score(self.comet_model, sources, hypotheses, references)
+        return scores
 
     def describe(self, prefix: str, metrics: dict[str, float], records: list[Any]) -> list[str]:
         if not records:
             return []
-        return [f"{prefix}: BLEU {metrics[f'{prefix}/bleu']:.2f}, exact match {metrics[f'{prefix}/exact_match']:.1%} "
-                f"on {len(records)} sentences ({self.bleu_signature})",
+        role = "validation" if prefix == "val" else prefix
+        summary = self.evaluations.get(role) or {"sentences": len(records)}
+        comet = f", COMET {metrics[f'{prefix}/comet']:.2f}" if f"{prefix}/comet" in metrics else ""
+        return [f"{prefix}: BLEU {metrics[f'{prefix}/bleu']:.2f}, chrF {metrics[f'{prefix}/chrf']:.2f}{comet}, exact "
+                f"match {metrics[f'{prefix}/exact_match']:.1%} on {describe_set(summary, role)}; "
+                f"{describe_decoding(summary.get('decoding'))} ({self.bleu_signature})",
                 *[f"  {source!r} -> {hypothesis!r}  (reference: {reference!r})"
                   for source, hypothesis, reference in records[:3]]]
+
+    def output_lines(self, records: list[Any]) -> list[str]:
+        return [hypothesis for _, hypothesis, _ in records]
 
     # ------------------------------------------------------------------------------------------------------------
     # Prediction: translations of a file, in the file's order
@@ -104,7 +141,9 @@ class TranslationModule(TaskModule):
         outputs = dict(gather_objects(self.evaluation_outputs))
         if not self.trainer.is_global_zero:
             return
-        path = Path(self.predictions_path or Path(self.trainer.log_dir or ".") / "predictions.txt")
+        source = Path(getattr(self.trainer.datamodule, "predict_file", None) or "predictions.txt")
+        default = Path(self.trainer.default_root_dir) / "predictions" / f"{self.weights_name()}-{source.name}"
+        path = Path(self.predictions_path or default)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text("".join(outputs[idx] + "\n" for idx in sorted(outputs)), encoding="utf-8")
         self.print(f"wrote {len(outputs)} translations to {path}")

@@ -24,7 +24,8 @@ def test_local_layers_grow_linearly_and_full_attention_quadratically():
 
 
 @pytest.mark.slow
-def test_the_pixel_benchmark_trains_three_variants_and_writes_its_samples(tmp_path):
+def test_the_pixel_benchmark_trains_three_variants_and_writes_its_samples(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_TRANSFORMER_CACHE", str(tmp_path / "cache"))  # the pictures are written there
     output = tmp_path / "pixels.json"
     report = pixels.main(["--quick", "--threads", "1", "--workdir", str(tmp_path / "runs"), "--docs",
                           str(tmp_path / "docs"), "--output", str(output)])
@@ -37,7 +38,8 @@ def test_the_pixel_benchmark_trains_three_variants_and_writes_its_samples(tmp_pa
 
 
 @pytest.mark.slow
-def test_the_chorale_benchmark_scores_both_recipes_and_writes_midi(tmp_path):
+def test_the_chorale_benchmark_scores_both_recipes_and_writes_midi(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_TRANSFORMER_CACHE", str(tmp_path / "cache"))  # the corpus is parsed into it (a minute)
     pytest.importorskip("music21", reason="music21 is part of the test extra: pip install -e '.[test]'")
     import music21
 

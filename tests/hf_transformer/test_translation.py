@@ -58,5 +58,5 @@ def test_pipeline_task(model, tokenizer):
     sources = multi30k_lines("val.de.gz", 3)
     outputs = translator(sources)
     assert [o["translation_text"] for o in outputs] == translate(sources, model, tokenizer)
-    assert translator("") == {"translation_text": ""}
-    assert translator(sources[0], num_beams=1)["translation_text"] == reference(model, tokenizer, sources[0], 1)
+    assert translator("") == [{"translation_text": ""}]  # a text gives a list, as transformers' pipelines did
+    assert translator(sources[0], num_beams=1)[0]["translation_text"] == reference(model, tokenizer, sources[0], 1)

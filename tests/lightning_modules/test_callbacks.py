@@ -203,6 +203,34 @@ def test_export_after_fit_loads_with_auto_classes_and_has_a_model_card(tmp_path)
     assert shlex.join(sys.argv) in body
 
 
+def test_hf_model_keeps_the_best_weights_after_a_resume(tmp_path):
+    """hf_model is the best validation score's weights, hf_model_last the last ones, also when a resumed run ends on
+    worse scores (the end-of-fit export used to replace the best one)."""
+    from safetensors.torch import load_file
+
+    checkpoints = ModelCheckpoint(dirpath=str(tmp_path / "checkpoints"), every_n_train_steps=2, save_top_k=-1,
+                                  save_last=True, filename="{step}")
+    make_trainer(tmp_path, [HFExportCallback(), checkpoints], max_steps=6, checkpointing=True).fit(
+        TinyTranslationModule(bleu_schedule=[10.0, 30.0, 20.0]), TinyDataModule())
+    resumed = ModelCheckpoint(dirpath=str(tmp_path / "checkpoints"), every_n_train_steps=2, save_top_k=-1,
+                              save_last=True, filename="{step}")
+    make_trainer(tmp_path, [HFExportCallback(), resumed], max_steps=10, checkpointing=True).fit(
+        TinyTranslationModule(bleu_schedule=[25.0, 15.0]), TinyDataModule(),
+        ckpt_path=str(tmp_path / "checkpoints" / "last.ckpt"))
+
+    best = torch.load(tmp_path / "checkpoints" / "step=4.ckpt", weights_only=True)["state_dict"]
+    exported = load_file(tmp_path / "hf_model" / "model.safetensors")
+    assert torch.equal(exported["model.shared.weight"], best["model.model.shared.weight"])  # step 4: BLEU 30
+    last = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
+    assert last["global_step"] == 10
+    exported_last = load_file(tmp_path / "hf_model_last" / "model.safetensors")
+    assert torch.equal(exported_last["model.shared.weight"], last["state_dict"]["model.model.shared.weight"])
+    card, last_card = ((tmp_path / name / "README.md").read_text() for name in ("hf_model", "hf_model_last"))
+    assert "These are the weights of the best validation score (val/bleu 30), step 4." in card
+    assert "**30.00**" in card and "`hf_model_last` next to this folder" in card
+    assert "These are the last weights of the run, step 10." in last_card and "**15.00**" in last_card
+
+
 def test_export_only_when_the_metric_improves(tmp_path):
     export = HFExportCallback(export_on_train_end=False)
     make_trainer(tmp_path, [export], max_steps=6).fit(TinyTranslationModule(bleu_schedule=[30.0, 20.0, 25.0]),
@@ -228,7 +256,7 @@ def test_a_failed_or_interrupted_export_leaves_the_previous_folder_intact(tmp_pa
         raise OSError("disk full")
 
     monkeypatch.setattr(data.tokenizer, "save_pretrained", broken_save)
-    assert export.export(trainer, module, reason="test") is None  # logged, not raised: training goes on
+    assert export.export(trainer, module, kind="best", reason="test") is None  # logged, not raised: training goes on
     assert export.failed_exports == 1
     assert tree_bytes(folder) == before
     assert sorted(p.name for p in folder.parent.iterdir()) == ["hf_model"]
@@ -239,7 +267,7 @@ def test_a_failed_or_interrupted_export_leaves_the_previous_folder_intact(tmp_pa
 
     monkeypatch.setattr(data.tokenizer, "save_pretrained", interrupted_save)
     with pytest.raises(KeyboardInterrupt):
-        export.export(trainer, module, reason="test")
+        export.export(trainer, module, kind="best", reason="test")
     assert tree_bytes(folder) == before
     assert sorted(p.name for p in folder.parent.iterdir()) == ["hf_model"]
 
@@ -310,7 +338,8 @@ def test_averaging_callback_writes_the_mean_of_the_last_checkpoints(averaged_run
             torch.testing.assert_close(value.double(), expected["model." + key], rtol=0, atol=1e-7)
     assert loaded.lm_head.weight.data_ptr() == loaded.model.shared.weight.data_ptr()
     card = (folder / "README.md").read_text()
-    assert "average of 3 checkpoints (steps 2, 4, 6)" in card and "language:\n- en\n- de" in card
+    assert "These are the average of the last checkpoints (§6.1): 3 checkpoints (steps 2, 4, 6)" in card
+    assert "language:\n- en\n- de" in card and "`tiny/copy-task`" in card
 
 
 def test_find_checkpoints_orders_by_stored_step(averaged_run):
@@ -376,6 +405,14 @@ def test_average_command_line(averaged_run, tmp_path):
     assert average_main(["--checkpoints", str(broken), "--output", str(tmp_path / "x"),
                          "--tokenizer", str(root / "hf_model")]) == 1
     assert not (tmp_path / "x").exists()
+
+
+def test_a_step_saved_twice_is_averaged_once(averaged_run, tmp_path):
+    root, _, _ = averaged_run
+    paths = [root / "checkpoints" / name for name in ("step=4.ckpt", "step=6.ckpt", "last.ckpt")]
+    with pytest.warns(UserWarning, match="last.ckpt holds step 6, as step=6.ckpt does: averaged once"):
+        folder = export_average(paths, tmp_path / "avg")
+    assert "2 checkpoints (steps 4, 6): step=4.ckpt, step=6.ckpt" in (folder / "README.md").read_text()
 
 
 def test_export_average_needs_a_tokenizer(averaged_run, tmp_path):

@@ -272,9 +272,10 @@ def test_the_model_card_of_a_captioning_export_describes_image_to_text():
     config = VaswaniConfig(vocab_size=50, d_model=16, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2,
                            decoder_attention_heads=2, encoder_ffn_dim=32, decoder_ffn_dim=32, image_size=8,
                            patch_size=4)
-    card = build_model_card(VaswaniForImageCaptioning(config), source_lang=None, target_lang=None,
-                            dataset_name="shapes", bleu=70.0, bleu_signature="nrefs:2", global_step=5,
-                            training_seconds=3.0, command="hf-transformer fit")
+    record = {"dataset": "shapes", "weights": {"kind": "best", "step": 5}, "training_seconds": 3.0,
+              "command": "hf-transformer fit",
+              "evaluations": {"validation": {"step": 5, "metrics": {"bleu": 70.0}, "signatures": {"bleu": "nrefs:2"}}}}
+    card = build_model_card(VaswaniForImageCaptioning(config), record)
     assert "pipeline_tag: image-to-text" in card and "for image captioning on `shapes`" in card
     assert "AutoModelForImageTextToText.from_pretrained" in card and "AutoImageProcessor.from_pretrained" in card
     assert "AutoModelForSeq2SeqLM" not in card and "translation" not in card.lower()

@@ -158,7 +158,7 @@ def test_misaligned_plain_text_files(tmp_path, cache_dir, pairs):
     files = [_write_gz(tmp_path / "a.de.gz", german[:10]), _write_gz(tmp_path / "a.en.gz", english[:9])]
     with pytest.raises(ValueError, match=r"not aligned: '.*a\.de\.gz' has 10 lines but '.*a\.en\.gz' has 9"):
         _make({"train": files}, cache_dir).tokenizer
-    with pytest.raises(ValueError, match=r"plain-text data must be a pair \[source_file, target_file\]"):
+    with pytest.raises(ValueError, match=r"plain-text data must be a pair of aligned files"):
         _make({"train": files[:1]}, cache_dir)
     with pytest.raises(FileNotFoundError, match="nope.jsonl"):
         _make({"train": str(tmp_path / "nope.jsonl")}, cache_dir)
@@ -189,8 +189,10 @@ def test_missing_splits_and_split_slices(corpus, cache_dir, hub_module):
 
 
 def test_bad_arguments_are_explained(corpus, cache_dir):
-    with pytest.raises(ValueError, match="exactly one of dataset .* and data_files"):
-        TranslationDataModule()
+    with pytest.raises(ValueError, match="give one of dataset .* and data_files .*, not both"):
+        TranslationDataModule(dataset=corpus.hub, data_files=corpus.jsonl)
+    with pytest.raises(ValueError, match="split 'train' needs a corpus: give dataset .* or data_files"):
+        _ = TranslationDataModule(cache_dir=cache_dir).tokenizer  # a source is needed once a split is read
     with pytest.raises(ValueError, match="exactly one of max_tokens and batch_size.*set the other to null"):
         _make(corpus.hub, cache_dir, batch_size=32)
     with pytest.raises(ValueError, match=r"max_tokens=100 is smaller than the longest allowed example"):
@@ -328,13 +330,17 @@ def test_train_batches(hub_module, pairs):
 def test_eval_batches_are_sorted_and_sharded(hub_module):
     dm = hub_module
     split = dm.tokenized_split("validation")
-    batches = list(dm.val_dataloader())
+    batches = list(dm.test_dataloader())
     assert all(set(batch) == BATCH_KEYS for batch in batches)
     ids = [i for batch in batches for i in batch["ids"].tolist()]
-    assert sorted(ids) == sorted(split["id"])
+    assert sorted(ids) == sorted(dm.tokenized_split("test")["id"])
     assert [len(batch["ids"]) for batch in batches][:-1] == [64] * (len(batches) - 1)
     longest = [max(batch["input_ids"].shape[1], batch["labels"].shape[1]) for batch in batches]
     assert longest == sorted(longest)
+    # validation: the same kind of batches in a fixed random order (a limit on batches keeps every length)
+    validation = [batch["ids"].tolist() for batch in dm.val_dataloader()]
+    assert sorted(i for ids in validation for i in ids) == sorted(split["id"])
+    assert validation == [batch["ids"].tolist() for batch in dm.val_dataloader()]
     # Two ranks: disjoint, together everything, uneven allowed.
     shards = []
     for rank in (0, 1):

@@ -2,6 +2,8 @@
 callbacks and loggers. Hub datasets are not touched: a local tokenizer stands in for the one each recipe would train
 (the music and pixel data modules have a fixed vocabulary of their own)."""
 
+from pathlib import Path
+
 import pytest
 import yaml
 from helpers import REPO_ROOT
@@ -42,13 +44,21 @@ def test_recipe_has_a_header_and_instantiates(config, tokenizer_dir, tmp_path, m
     text = "\n".join(comments)
     for word in ("Paper", "Command", "Expected"):
         assert word in text, f"{config.name}: the header comment must say {word}"
+    settings = [line for line in header if not line.lstrip().startswith("#")]
+    assert not [line for line in settings if "runs/" in line or "dirpath" in line or "save_dir" in line
+                or "cache_dir" in line or "default_root_dir" in line], f"{config.name}: no output paths in recipes"
     monkeypatch.chdir(tmp_path)  # loggers and checkpoints go to a scratch folder
     monkeypatch.setattr("sys.argv", ["hf-transformer"])
     recipe = yaml.safe_load(config.read_text())
     fixed = recipe["data"]["class_path"].rpartition(".")[2] in FIXED_VOCABULARY_DATA
     tokenizer = [] if fixed else ["--data.init_args.tokenizer_path", tokenizer_dir]
-    cli = build_cli(["--config", str(config), *tokenizer, "--trainer.accelerator", "cpu", "--trainer.precision",
-                     "32-true"], run=False)
+    cli = build_cli(["--config", config.stem, *tokenizer,  # by its name
+                     "--trainer.accelerator", "cpu", "--trainer.precision", "32-true"], run=False)
+    run = tmp_path / "runs" / config.stem  # the default run directory: everything goes there
+    assert Path(cli.trainer.default_root_dir).resolve() == run
+    assert [Path(logger.save_dir).resolve() for logger in cli.trainer.loggers] == [run, run]
+    assert {Path(cb.dirpath) for cb in cli.trainer.checkpoint_callbacks} <= {run / "checkpoints",
+                                                                            run / "checkpoints" / "periodic"}
     assert any(isinstance(cli.model, module) and isinstance(cli.datamodule, data) for module, data in MODULE_PAIRS)
     model_config = cli.model.model.config
     assert model_config.vocab_size == len(cli.datamodule.tokenizer)  # linked from the data module
@@ -63,6 +73,14 @@ def test_recipe_has_a_header_and_instantiates(config, tokenizer_dir, tmp_path, m
     assert cli.trainer.max_steps == recipe["trainer"]["max_steps"]
     assert len(cli.trainer.loggers) == 2
     assert type(cli.trainer.strategy.checkpoint_io).__name__ == "AtomicCheckpointIO"
+
+
+def test_the_multi30k_recipes_average_their_last_checkpoints_and_sample_validation():
+    for name in ("multi30k_de_en", "multi30k_en_de"):
+        recipe = yaml.safe_load((CONFIGS[0].parent / f"{name}.yaml").read_text())
+        callbacks = {c["class_path"].rsplit(".", 1)[1]: c.get("init_args", {}) for c in recipe["trainer"]["callbacks"]}
+        assert callbacks["PeriodicCheckpoint"]["keep"] >= callbacks["CheckpointAveragingCallback"]["last_n"] == 5
+        assert "LastCheckpoint" in callbacks and recipe["data"]["init_args"]["validation_sample"] == 512
 
 
 def test_paper_recipes_use_the_papers_hyper_parameters():

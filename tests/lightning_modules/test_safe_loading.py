@@ -316,9 +316,10 @@ def test_unknown_config_fields_load_with_a_warning_naming_them(tmp_path, caplog)
 # The exported remote code
 # ----------------------------------------------------------------------------------------------------------------
 
-#: Standard-library modules that only compute (no files, processes or sockets); numpy is a dependency of transformers.
+#: Standard-library modules that only compute (no files, processes or sockets); numpy is a dependency of transformers,
+#: PIL (pillow, a dependency) converts images in the image processor.
 PURE_MODULES = {"math", "collections", "typing", "__future__", "dataclasses", "functools", "itertools", "enum", "copy",
-                "warnings", "numpy"}
+                "warnings", "numpy", "PIL"}
 NETWORK_NAMES = {"socket", "http", "urllib", "urllib3", "requests", "httpx", "aiohttp", "huggingface_hub", "ftplib",
                  "smtplib", "subprocess", "os", "sys", "importlib", "ctypes", "pickle", "shutil", "pathlib"}
 FORBIDDEN_CALLS = {"__import__", "eval", "exec", "compile", "open", "hf_hub_download", "snapshot_download",
@@ -407,7 +408,7 @@ def test_the_hub_token_is_never_written_or_logged(tmp_path):
     files = [path for path in root.rglob("*") if path.is_file()]
     names = {path.name for path in files}
     assert {"hparams.yaml", "metrics.csv", "last.ckpt", "config.json", "README.md", "model.safetensors"} <= names
-    card = (Path(result["log_dir"]) / "hf_model" / "README.md").read_text()
+    card = (root / "hf_model" / "README.md").read_text()  # the run directory: default_root_dir
     assert "fit --trainer.callbacks.init_args.token '***' '--token=***'" in card  # the command line, redacted
     for token in (ENV_TOKEN, ARGUMENT_TOKEN):
         assert token not in proc.stdout and token not in proc.stderr, token

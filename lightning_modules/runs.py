@@ -1,0 +1,144 @@
+"""Where a run writes, where the caches live, and what a run leaves behind so that it can be used on its own.
+
+- The run directory is Lightning's `--trainer.default_root_dir` (the CLI's default: `runs/<recipe name>`). Everything
+  a run writes goes under it (`RUN_LAYOUT`); recipes carry no output paths.
+- Caches (trained tokenizers, tokenized corpora, generated corpora) are shared by every run of a user, keyed by what
+  determines them: `$HF_TRANSFORMER_CACHE`, else `$XDG_CACHE_HOME/hf-transformer`, else `~/.cache/hf-transformer`.
+- Packaged recipes are found by name: `--config quickstart` is `recipes/configs/quickstart.yaml` of the package.
+- The run record (`RUN_KEY` in every checkpoint, `RUN_FILE` in every exported folder): the task and data module with
+  their arguments, and (in checkpoints) the tokenizer's files, so that `test`, `validate` and `predict` need nothing
+  but the checkpoint or the folder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from hf_transformer import load_tokenizer
+
+CACHE_ENV = "HF_TRANSFORMER_CACHE"
+#: The checkpoint entry and the file of an exported folder that hold the run record.
+RUN_KEY = "hf_transformer_run"
+RUN_FILE = "hf_transformer_run.json"
+#: What a run directory holds (README.md "Where a run writes").
+RUN_LAYOUT = {
+    "checkpoints": "best.ckpt (best validation score), last.ckpt, step=N.ckpt (periodic, for averaging)",
+    "hf_model": "the Hugging Face folder of the best validation score's weights",
+    "hf_model_last": "the Hugging Face folder of the last weights",
+    "hf_model_averaged": "the average of the last N checkpoints (CheckpointAveragingCallback)",
+    "csv": "metrics.csv, hparams.yaml and config.yaml per invocation (version_N)",
+    "tensorboard": "the same metrics for TensorBoard (version_N)",
+    "test": "<weights>-<split>.txt hypotheses and <weights>-<split>.json scores of every `test`",
+    "predictions": "<weights>-<file name> translations of every `predict`",
+    "learning_curves.png": "loss, BLEU / chrF and learning rate against the step",
+}
+
+
+def cache_dir() -> Path:
+    """The per-user cache: `$HF_TRANSFORMER_CACHE`, else `$XDG_CACHE_HOME/hf-transformer`, else
+    `~/.cache/hf-transformer` (as the Hugging Face libraries place theirs)."""
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base).expanduser() / "hf-transformer"
+
+
+def packaged_recipes() -> dict[str, Path]:
+    """Recipe name -> path of every packaged recipe (`recipes/configs/*.yaml`)."""
+    folder = resources.files("recipes") / "configs"
+    return {Path(entry.name).stem: Path(str(entry)) for entry in folder.iterdir() if entry.name.endswith(".yaml")}
+
+
+def resolve_recipe(value: str) -> str:
+    """`--config VALUE`: an existing file as it is, else the packaged recipe of that name (`quickstart`,
+    `quickstart.yaml`); anything else is left to the parser (a YAML string, or a missing file it reports)."""
+    if Path(value).is_file() or "\n" in value or ":" in value:
+        return value
+    return str(packaged_recipes().get(Path(value).stem if value.endswith(".yaml") else value, value))
+
+
+def run_dir_of(path: str | os.PathLike) -> Path:
+    """The run directory a checkpoint or an exported folder belongs to: `<run>/checkpoints/x.ckpt` -> `<run>`,
+    `<run>/hf_model` -> `<run>`; a checkpoint elsewhere -> its folder."""
+    path = Path(path)
+    if path.is_dir():
+        return path.parent
+    return path.parent.parent if path.parent.name == "checkpoints" else path.parent
+
+
+def weights_name(path: str | os.PathLike | None) -> str:
+    """How output files name the weights: `best` for best.ckpt, `hf_model` for an exported folder."""
+    if path is None:
+        return "model"
+    path = Path(path)
+    return path.name if path.is_dir() else path.stem
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The run record
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def class_path(obj: object) -> str:
+    """The importable path of an object's class, as in `class_path:` entries of a config (the public package path
+    when the class is exported by its package, e.g. `lightning_modules.data.TranslationDataModule`)."""
+    cls = type(obj)
+    package = cls.__module__.rsplit(".", 1)[0]
+    try:
+        if getattr(__import__(package, fromlist=[cls.__name__]), cls.__name__, None) is cls:
+            return f"{package}.{cls.__name__}"
+    except ImportError:
+        pass
+    return f"{cls.__module__}.{cls.__name__}"
+
+
+def tokenizer_files(tokenizer: Any) -> dict[str, str]:
+    """The files `save_pretrained` writes for `tokenizer`, as {name: text} (what a checkpoint carries)."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="hf_transformer_tokenizer_") as folder:
+        tokenizer.save_pretrained(folder)
+        return {path.name: path.read_text(encoding="utf-8") for path in sorted(Path(folder).iterdir())
+                if path.is_file()}
+
+
+def materialize_tokenizer(files: dict[str, str]) -> Path:
+    """The tokenizer a checkpoint carries, written once into the cache (named by its content); its folder."""
+    key = hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()[:16]
+    folder = cache_dir() / "tokenizers" / f"from-checkpoint-{key}"
+    if not (folder / "tokenizer.json").is_file():
+        partial = folder.with_name(f"{folder.name}.partial-{os.getpid()}")
+        shutil.rmtree(partial, ignore_errors=True)
+        partial.mkdir(parents=True)
+        for name, text in files.items():
+            (partial / Path(name).name).write_text(text, encoding="utf-8")
+        load_tokenizer(partial)  # refuse a damaged one before it is cached
+        try:
+            os.replace(partial, folder)
+        except OSError:  # another process put it there first
+            shutil.rmtree(partial, ignore_errors=True)
+    return folder
+
+
+def read_run_record(path: str | os.PathLike) -> dict[str, Any] | None:
+    """The run record of a checkpoint file or an exported folder; None when it has none (older runs, a model from
+    elsewhere)."""
+    path = Path(path)
+    if path.is_dir():
+        file = path / RUN_FILE
+        return json.loads(file.read_text(encoding="utf-8")) if file.is_file() else None
+    from .checkpointing import load_checkpoint_file
+
+    record = load_checkpoint_file(path, mmap=True).get(RUN_KEY)
+    return dict(record) if isinstance(record, dict) else None
+
+
+__all__ = ["CACHE_ENV", "RUN_FILE", "RUN_KEY", "RUN_LAYOUT", "cache_dir", "class_path", "materialize_tokenizer",
+           "packaged_recipes", "read_run_record", "resolve_recipe", "run_dir_of", "tokenizer_files",
+           "weights_name"]
