@@ -1,9 +1,10 @@
 """`FixedVocabularyDataModule`: what the music and pixel data modules share. Their vocabulary is fixed by the kind of
 data (MIDI pitches, pixel intensities), not trained: a word-level tokenizer with the project's four special tokens
 first (`<pad>`=0, `<s>`=1, `</s>`=2, `<unk>`=3), then one token per symbol. It is written once under
-`cache_dir/tokenizers/` (the per-user cache unless `cache_dir` is given) and read like any tokenizer folder, so the corpus layer (`corpus.py`: sources, splits,
-shuffled resumable batches, DDP sharding) and the exported model folder (`HFExportCallback` saves it beside the
-weights) treat it as they treat a trained one.
+`cache_dir/tokenizers/` (the per-user cache unless `cache_dir` is given) and read like any tokenizer folder, so the
+corpus layer (`corpus.py`: sources, splits, shuffled resumable batches, DDP sharding), the exported model folder
+(`HFExportCallback` saves it beside the weights) and the run record (`hf-transformer test --ckpt_path CKPT` hands
+the checkpoint's copy back as `tokenizer_path`, checked to be the same vocabulary) treat it as a trained one.
 
 Every example is `<s>` followed by the symbols' ids; batches are those of `LanguageModelingDataModule`
 (`input_ids`, `attention_mask`, `labels` = the inputs with -100 on padding, `ids`), so `CausalLanguageModule` trains
@@ -19,7 +20,14 @@ from tokenizers import Tokenizer, models, pre_tokenizers
 from torch.utils.data import DataLoader, Dataset
 from transformers import PreTrainedTokenizerFast
 
-from hf_transformer.tokenization_vaswani import BOS_TOKEN, EOS_TOKEN, PAD_TOKEN, SPECIAL_TOKEN_IDS, UNK_TOKEN
+from hf_transformer.tokenization_vaswani import (
+    BOS_TOKEN,
+    EOS_TOKEN,
+    PAD_TOKEN,
+    SPECIAL_TOKEN_IDS,
+    UNK_TOKEN,
+    load_tokenizer,
+)
 
 from ..runs import cache_dir as user_cache_dir
 from .corpus import CorpusDataModule, cached_tokenizer, check_int, digest
@@ -61,12 +69,24 @@ class FixedVocabularyDataModule(CorpusDataModule):
         cache_dir: str | None,
         num_workers: int,
         seed: int,
+        tokenizer_path: str | None = None,
     ) -> None:
         for name, value in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size)):
             check_int(name, value, 1)
         cache_dir = str(user_cache_dir()) if cache_dir is None else cache_dir
-        folder = Path(cache_dir) / "tokenizers" / f"{self.tokenizer_kind}-{digest(symbols, 12)}"
-        tokenizer = cached_tokenizer(folder, lambda: word_level_tokenizer(symbols, model_max_length=1 << 20))
+        if tokenizer_path is None:
+            folder = Path(cache_dir) / "tokenizers" / f"{self.tokenizer_kind}-{digest(symbols, 12)}"
+            tokenizer = cached_tokenizer(folder, lambda: word_level_tokenizer(symbols, model_max_length=1 << 20))
+        else:  # the one a checkpoint or an exported folder brings: it must be this fixed vocabulary
+            folder = Path(tokenizer_path)
+            tokenizer = load_tokenizer(folder)
+            expected = word_level_tokenizer(symbols, model_max_length=1 << 20).get_vocab()
+            if tokenizer.get_vocab() != expected:
+                raise ValueError(
+                    f"tokenizer_path {tokenizer_path!r} is not the fixed vocabulary of {type(self).__name__} "
+                    f"({len(expected)} tokens: the special tokens, then {symbols[0]!r} ... {symbols[-1]!r}); leave "
+                    "tokenizer_path unset (None) and the data module writes its own"
+                )
         super().__init__(dataset, dataset_config, revision, None, splits, str(folder), len(tokenizer), cache_dir,
                          num_workers, seed)
         self.batch_size = batch_size

@@ -334,6 +334,7 @@ class ChoralesDataModule(FixedVocabularyDataModule):
         eval_batch_size: Windows per validation/test batch.
         cache_dir: Where the serialised corpus and the tokenizer are cached; None: the per-user cache
             (`$HF_TRANSFORMER_CACHE`, else `~/.cache/hf-transformer`).
+        tokenizer_path: The fixed vocabulary's folder (what a checkpoint brings); None: written to the cache.
         num_workers: DataLoader worker processes.
         seed: Seed of the batch order.
     """
@@ -350,6 +351,7 @@ class ChoralesDataModule(FixedVocabularyDataModule):
         cache_dir: str | None = None,
         num_workers: int = 0,
         seed: int = 0,
+        tokenizer_path: str | None = None,
     ) -> None:
         for name, value in (("sequence_length", sequence_length), ("stride", stride)):
             check_int(name, value, len(VOICES))
@@ -362,7 +364,7 @@ class ChoralesDataModule(FixedVocabularyDataModule):
         root = Path(cache_dir) if cache_dir is not None else user_cache_dir()
         folder = root / f"jsb_chorales-v{CORPUS_FORMAT_VERSION}-{self.split_file.stem}"
         super().__init__(str(folder), None, None, {role: role for role in SPLIT_FRACTIONS}, CHORALE_SYMBOLS,
-                         batch_size, eval_batch_size, cache_dir, num_workers, seed)
+                         batch_size, eval_batch_size, cache_dir, num_workers, seed, tokenizer_path)
         self.sequence_length = sequence_length
         self.stride = stride
 

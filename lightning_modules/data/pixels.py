@@ -114,6 +114,7 @@ class PixelDataModule(FixedVocabularyDataModule):
         eval_batch_size: Images per validation/test batch.
         cache_dir: Where the tokenizer (the fixed vocabulary) is kept; None: the per-user cache
             (`$HF_TRANSFORMER_CACHE`, else `~/.cache/hf-transformer`).
+        tokenizer_path: The fixed vocabulary's folder (what a checkpoint brings); None: written to the cache.
         num_workers: DataLoader worker processes (images are decoded in them).
         seed: Seed of the batch order.
     """
@@ -137,6 +138,7 @@ class PixelDataModule(FixedVocabularyDataModule):
         cache_dir: str | None = None,
         num_workers: int = 0,
         seed: int = 0,
+        tokenizer_path: str | None = None,
     ) -> None:
         if not isinstance(dataset, str) or not dataset:
             raise ValueError(f"dataset must be a hub id or a local dataset folder, got {dataset!r}")
@@ -147,7 +149,8 @@ class PixelDataModule(FixedVocabularyDataModule):
             raise ValueError(f"num_channels must be one of {sorted(MODES)} (grey or RGB), got {num_channels!r}")
         super().__init__(dataset, dataset_config, revision,
                          {"train": train_split, "validation": validation_split, "test": test_split},
-                         INTENSITY_SYMBOLS, batch_size, eval_batch_size, cache_dir, num_workers, seed)
+                         INTENSITY_SYMBOLS, batch_size, eval_batch_size, cache_dir, num_workers, seed,
+                         tokenizer_path)
         self.image_column = image_column
         self.image_size = image_size
         self.num_channels = num_channels
@@ -187,7 +190,7 @@ class ShapesPixelDataModule(PixelDataModule):
     Args:
         num_train / num_validation / num_test: Pictures per split.
         image_size: Side of the pictures in pixels (RGB).
-        batch_size, eval_batch_size, cache_dir, num_workers: As for `PixelDataModule`.
+        batch_size, eval_batch_size, cache_dir, num_workers, tokenizer_path: As for `PixelDataModule`.
         seed: Seed of the pictures and of the batch order.
     """
 
@@ -202,6 +205,7 @@ class ShapesPixelDataModule(PixelDataModule):
         cache_dir: str | None = None,
         num_workers: int = 0,
         seed: int = 0,
+        tokenizer_path: str | None = None,
     ) -> None:
         for name, value, minimum in (("num_train", num_train, 1), ("num_validation", num_validation, 1),
                                      ("num_test", num_test, 1), ("image_size", image_size, 8)):
@@ -210,7 +214,8 @@ class ShapesPixelDataModule(PixelDataModule):
         root = Path(cache_dir) if cache_dir is not None else user_cache_dir()
         folder = str(root / f"shapes-{num_train}-{num_validation}-{num_test}-{image_size}px-seed{seed}")
         super().__init__(folder, image_column="image", image_size=image_size, num_channels=3, batch_size=batch_size,
-                         eval_batch_size=eval_batch_size, cache_dir=cache_dir, num_workers=num_workers, seed=seed)
+                         eval_batch_size=eval_batch_size, cache_dir=cache_dir, num_workers=num_workers, seed=seed,
+                         tokenizer_path=tokenizer_path)
 
     @property
     def dataset_name(self) -> str:

@@ -73,3 +73,20 @@ def test_the_sample_grid_puts_pictures_side_by_side(tmp_path):
     assert grid.shape == (2 * (8 + 1) + 1, 2 * (8 + 1) + 1, 3)
     assert (grid[1:9, 1:9] == 0).all() and (grid[1:9, 10:18] == 100).all() and (grid[10:18, 1:9] == 200).all()
     assert (grid[10:18, 10:18] == 255).all()  # no fourth picture: background
+
+
+def test_a_checkpoint_s_run_record_rebuilds_the_module_with_the_tokenizer_it_brings(tmp_path):
+    """`hf-transformer test --ckpt_path CKPT` rebuilds the data module from the checkpoint's run record and hands it
+    the checkpoint's copy of the tokenizer as `tokenizer_path`: the fixed vocabulary is accepted, another refused."""
+    from lightning_modules.data.fixed_vocabulary import word_level_tokenizer
+
+    datamodule = ShapesPixelDataModule(num_train=4, num_validation=2, num_test=2, image_size=8,
+                                       cache_dir=str(tmp_path / "cache"))
+    record = datamodule.run_config()
+    assert record["class_path"] == "lightning_modules.data.ShapesPixelDataModule"
+    datamodule.tokenizer.save_pretrained(tmp_path / "from-checkpoint")
+    rebuilt = ShapesPixelDataModule(**{**record["init_args"], "tokenizer_path": str(tmp_path / "from-checkpoint")})
+    assert rebuilt.tokenizer.get_vocab() == datamodule.tokenizer.get_vocab() and rebuilt.image_size == 8
+    word_level_tokenizer(["a", "b"], model_max_length=16).save_pretrained(tmp_path / "other")
+    with pytest.raises(ValueError, match="is not the fixed vocabulary of ShapesPixelDataModule"):
+        ShapesPixelDataModule(**{**record["init_args"], "tokenizer_path": str(tmp_path / "other")})
