@@ -149,7 +149,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="smoke run: 30 steps per model, continuations to 2x the training length")
     parser.add_argument("--samples", type=int, default=3, help="held-out openings to continue")
     parser.add_argument("--temperature", type=float, default=1.0, help="sampling temperature of the continuations")
-    return parse_arguments(parser, argv, Path("runs"), RESULTS_DIR / "chorales.json", "the MIDI files and the piano roll")
+    return parse_arguments(parser, argv, Path("runs"), RESULTS_DIR / "chorales.json",
+                           "the MIDI files and the piano roll")
 
 
 def main(argv: list[str] | None = None) -> dict:

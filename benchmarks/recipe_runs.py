@@ -18,7 +18,7 @@ import transformers
 from lightning_modules.cli import build_cli
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-QUIET = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
+QUIET = ["--trainer.enable_model_summary", "false"]  # the recipes keep their progress bar (StepProgressBar)
 
 
 def shown(path: Path) -> str:
@@ -44,9 +44,11 @@ def fit_and_evaluate(recipe: Path, overrides: list[str], run_dir: Path) -> tuple
 
 
 def run_record(command: str, started: float, load_before: tuple[float, float, float]) -> dict:
-    """Wall time since `started` (perf_counter), the load average before and now, the machine and the date."""
+    """Wall time since `started` (perf_counter), the CPU time of the process (all its threads: what the run costs
+    whatever else the machine does), the load average before and now, the machine and the date."""
     return {
         "wall_seconds_total": round(time.perf_counter() - started, 1),
+        "cpu_seconds_total": round(time.process_time(), 1),
         "load_average_before": [round(value, 2) for value in load_before],
         "load_average_after": [round(value, 2) for value in os.getloadavg()],
         "command": command,
