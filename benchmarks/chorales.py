@@ -11,7 +11,7 @@ sinusoidal positions, and continuations of held-out openings longer than the tra
 3. continues the openings (the first bar) of held-out test chorales with the relative model, sampling at
    temperature 1 up to 4x the training length, and writes them as MIDI files and one piano-roll PNG into docs/.
 
-    python -m benchmarks.chorales            # under 30 minutes on 2 CPU cores; the table, JSON, docs/ samples
+    python -m benchmarks.chorales --threads 1   # 17 CPU minutes (measured); the table, JSON, docs/ samples
     python -m benchmarks.chorales --quick --docs /tmp/x   # a smoke run: 30 steps per model, 2x-length samples
 
 Needs music21 (`pip install -e ".[music]"`). Prints the table and writes benchmarks/results/chorales.json.

@@ -16,7 +16,7 @@ self-attention of the same size, and the memory of one attention layer as the pi
 4. samples 8 pictures from each model (temperature 1) and writes docs/pixels_samples.png: a row of held-out test
    pictures, then one row per model (local 1D, local 2D, full).
 
-    python -m benchmarks.pixels            # minutes on 2 CPU cores per model; the table, JSON, docs/ samples
+    python -m benchmarks.pixels --threads 1   # about 12 minutes a model on 2 busy cores; the table, JSON, docs/
     python -m benchmarks.pixels --quick --docs /tmp/x   # a smoke run: 20 steps per model, small memory table
 
 Prints the tables and writes benchmarks/results/pixels.json.
