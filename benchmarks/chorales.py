@@ -123,7 +123,7 @@ def run(args: argparse.Namespace) -> dict:
                       "table as read, not re-checked here (no network)",
         "samples": samples,
         "wall_seconds_table": round(table_seconds, 1),
-        **run_record("python -m benchmarks.chorales" + (" --quick" if args.quick else ""), started, load_before),
+        **run_record(" ".join(["python -m benchmarks.chorales", *args.arguments]), started, load_before),
     }
 
 

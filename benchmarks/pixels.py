@@ -166,7 +166,7 @@ def run(args: argparse.Namespace) -> dict:
         "memory": memory,
         "samples": {"png": shown(samples), "rows": ["held-out test pictures", *(VARIANTS[v] for v in VARIANTS)]},
         "wall_seconds_table": round(table_seconds, 1),
-        **run_record("python -m benchmarks.pixels" + (" --quick" if args.quick else ""), started, load_before),
+        **run_record(" ".join(["python -m benchmarks.pixels", *args.arguments]), started, load_before),
     }
 
 

@@ -8,6 +8,7 @@ import argparse
 import json
 import os
 import platform
+import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -72,6 +73,7 @@ def parse_arguments(parser: argparse.ArgumentParser, argv: list[str] | None, wor
     parser.add_argument("--output", type=Path, default=output, help="the JSON report")
     args = parser.parse_args(argv)
     args.workdir, args.docs, args.output = args.workdir.resolve(), args.docs.resolve(), args.output.resolve()
+    args.arguments = list(sys.argv[1:] if argv is None else argv)  # as given, for the report's command
     return args
 
 
