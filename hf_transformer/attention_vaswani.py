@@ -6,11 +6,13 @@ multi-head attention (§3.2.2), and the two self-attention variants that grew ou
 - relative positions (Shaw et al. 2018; Music Transformer, Huang et al. 2018): the logits gain q_i . e_clip(j - i),
   computed with the skewing trick in O(L Dh) extra memory besides the logits themselves;
 - local 1D blocks (Image Transformer, Parmar et al. 2018, §3.2 there): queries in blocks of l_q, each block sees a
-  window of keys around it; the blocks go through the kernel as a batch, so the cost is linear in L.
+  window of keys around it; the blocks go through the kernel as a batch, so the cost is linear in L;
+- local 2D blocks (same paper): the sequence laid out on a grid (an image in raster order), queries in rectangles
+  of h_q x w_q cells, each seeing a rectangle of memory above and beside it; linear in L too.
 
-Both variants enter the kernel through its additive mask, so the eager and SDPA backends compute the same thing.
-`select_attention` picks one of `full_attention`, `relative_attention`, `local_attention` once, when a
-`VaswaniAttention` is built; each takes the module (its heads, scaling, causality, block lengths and relative
+The variants enter the kernel through its additive mask, so the eager and SDPA backends compute the same thing.
+`select_attention` picks one of `full_attention`, `relative_attention`, `local_attention`, `local_2d_attention` once,
+when a `VaswaniAttention` is built; each takes the module (its heads, scaling, causality, block lengths and relative
 table) and the projected queries, keys and values. This file imports only torch and transformers:
 `save_pretrained` copies it next to the weights for `trust_remote_code`.
 
@@ -421,20 +423,173 @@ def spread_block_weights(
 
 
 # ----------------------------------------------------------------------------------------------------------------
+# Variant: local 2D block self-attention (Image Transformer, Parmar et al. 2018, §3.2 there)
+# ----------------------------------------------------------------------------------------------------------------
+# The sequence lies on a grid of W = `local_grid_width` positions per row (an image in raster order: W = width x
+# channels): position p is row p // W, column p % W. Queries go in blocks of h_q x w_q grid cells; a block sees the
+# rectangle from h_m rows above it down to its own last row (h_m rows further in the encoder) and from w_m columns
+# left of it to w_m columns right of it, in the decoder only what precedes the query in raster order. Every block has
+# the same shape, so the blocks go through the kernel as one batch against their key rectangles, as in 1D.
+
+
+def local_2d_keep(config: VaswaniConfig, query_positions: torch.Tensor, key_positions: torch.Tensor,
+                  is_causal: bool) -> torch.Tensor:
+    """Which keys each query may see: a (T, Lk) boolean mask of the 2D window (its grid rectangle, and in the decoder
+    key <= query). Quadratic: for one decoding step, and for `output_attentions`."""
+    width = config.local_grid_width
+    rows, columns = config.local_block_rows, config.local_block_columns
+    query_row, query_column = (query_positions // width)[:, None], (query_positions % width)[:, None]  # (T, 1)
+    key_row, key_column = (key_positions // width)[None, :], (key_positions % width)[None, :]  # (1, Lk)
+    top, left = query_row // rows * rows, query_column // columns * columns  # the query block's first cell
+    below = 0 if is_causal else config.local_memory_rows
+    keep = (key_row >= top - config.local_memory_rows) & (key_row < top + rows + below)
+    keep = keep & (key_column >= left - config.local_memory_columns)
+    keep = keep & (key_column < left + columns + config.local_memory_columns)
+    if is_causal:
+        keep = keep & (key_positions[None, :] <= query_positions[:, None])
+    return keep  # (T, Lk)
+
+
+def local_2d_attention(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    output_attentions: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Image Transformer 2D local self-attention (see above), blocked so that time and memory are linear in L.
+
+    query: (B, H, T, Dh) at positions P..P+T-1; key, value: (B, H, P + T, Dh); attention_mask: additive key padding
+    (B, 1, 1, P + T) or None. Returns (B, T, H, Dh) and, when asked, the weights (B, H, T, P + T).
+    """
+    if attention_mask is not None and attention_mask.shape[-2] != 1:
+        raise ValueError("Local attention takes a key padding mask (B, 1, 1, L), not a (B, 1, T, L) mask.")
+    config = module.config
+    past_length, key_length = key.shape[2] - query.shape[2], key.shape[2]
+    if output_attentions or (module.is_causal and query.shape[2] == 1):
+        # One decoding step (or inspection): the window as an explicit mask over the keys from the first row the
+        # query's block can see; for one step that is (h_q + h_m) rows at most.
+        first_row = past_length // config.local_grid_width // config.local_block_rows * config.local_block_rows
+        start = 0 if output_attentions else max(first_row - config.local_memory_rows, 0) * config.local_grid_width
+        positions = torch.arange(key_length, device=query.device)
+        keep = local_2d_keep(config, positions[past_length:], positions[start:], module.is_causal)  # (T, Lk - start)
+        mask = additive(keep, query.dtype)[None, None]  # (1, 1, T, Lk - start)
+        if attention_mask is not None:
+            mask = mask + attention_mask[..., start:]
+        return full_attention(module, query, key[:, :, start:], value[:, :, start:], mask, output_attentions)
+    return blocked_2d_attention(module, query, key, value, attention_mask)
+
+
+def grid_windows(states: torch.Tensor, config: VaswaniConfig, first_row: int, block_rows: int, block_columns: int,
+                 below: int) -> torch.Tensor:
+    """The key rectangles of `block_rows` x `block_columns` query blocks whose first grid row is `first_row`.
+
+    states: (B, H, L, X) along the sequence. Returns (B, H, nr, nc, hk wk, X) with hk = h_m + h_q + below and
+    wk = w_m + w_q + w_m, zero-padded outside the grid and outside 0..L-1. Linear in L."""
+    width, rows, columns = config.local_grid_width, config.local_block_rows, config.local_block_columns
+    above, side = config.local_memory_rows, config.local_memory_columns
+    length = states.shape[2]
+    start, end = (first_row - above) * width, (first_row + block_rows * rows + below) * width
+    inside = states[:, :, max(start, 0) : min(end, length)]
+    front = max(-start, 0)
+    padded = nn.functional.pad(inside, (0, 0, front, end - start - front - inside.shape[2]))  # (B, H, R W, X)
+    grid = padded.view(*states.shape[:2], -1, width, states.shape[-1])  # (B, H, R, W, X), R = h_m + nr h_q + below
+    grid = nn.functional.pad(grid, (0, 0, side, block_columns * columns - width + side))  # (B, H, R, nc w_q + 2 w_m, X)
+    windows = grid.unfold(2, above + rows + below, rows).unfold(3, side + columns + side, columns)
+    windows = windows.permute(0, 1, 2, 3, 5, 6, 4)  # (B, H, nr, nc, hk, wk, X)
+    return windows.reshape(*windows.shape[:4], -1, states.shape[-1])  # (B, H, nr, nc, hk wk, X)
+
+
+def blocked_2d_attention(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+) -> tuple[torch.Tensor, None]:
+    """`local_2d_attention` over whole blocks: the queries placed on the grid rows from the block row of position P
+    to the last one (zeros elsewhere), each block a batch entry against its key rectangle."""
+    config = module.config
+    batch, heads, query_length, head_dim = query.shape
+    key_length = key.shape[2]
+    past_length = key_length - query_length
+    width, rows, columns = config.local_grid_width, config.local_block_rows, config.local_block_columns
+    below = 0 if module.is_causal else config.local_memory_rows
+    first_row = past_length // width // rows * rows  # first grid row of the block row holding position P
+    block_rows = -(-(key_length - first_row * width) // (rows * width))  # nr, ceil
+    block_columns = -(-width // columns)  # nc, ceil
+    lead = past_length - first_row * width  # grid cells before position P in the first block row
+    cells = block_rows * rows * width
+    on_grid = nn.functional.pad(query, (0, 0, lead, cells - lead - query_length))  # (B, H, nr h_q W, Dh)
+    on_grid = nn.functional.pad(on_grid.view(batch, heads, block_rows * rows, width, head_dim),
+                                (0, 0, 0, block_columns * columns - width))  # (B, H, nr h_q, nc w_q, Dh)
+    blocked_query = on_grid.view(batch, heads, block_rows, rows, block_columns, columns, head_dim)
+    blocked_query = blocked_query.permute(0, 2, 4, 1, 3, 5, 6)  # (B, nr, nc, H, h_q, w_q, Dh)
+    blocked_query = blocked_query.reshape(-1, heads, rows * columns, head_dim)  # (B nr nc, H, h_q w_q, Dh)
+    blocked_key, blocked_value = (
+        grid_windows(states, config, first_row, block_rows, block_columns, below)  # (B, H, nr, nc, hk wk, Dh)
+        .permute(0, 2, 3, 1, 4, 5)
+        .reshape(blocked_query.shape[0], heads, -1, head_dim)  # (B nr nc, H, hk wk, Dh)
+        for states in (key, value)
+    )
+    mask = local_2d_block_mask(module, query, key_length, first_row, block_rows, block_columns, attention_mask)
+    output, _ = full_attention(module, blocked_query, blocked_key, blocked_value, mask)  # (B nr nc, h_q w_q, H, Dh)
+    output = output.reshape(batch, block_rows, block_columns, rows, columns, heads, head_dim)
+    output = output.permute(0, 1, 3, 2, 4, 5, 6).reshape(batch, block_rows * rows, -1, heads, head_dim)
+    output = output[:, :, :width].reshape(batch, cells, heads, head_dim)  # (B, nr h_q W, H, Dh): back in raster order
+    return output[:, lead : lead + query_length], None  # (B, T, H, Dh)
+
+
+def local_2d_block_mask(
+    module: nn.Module, query: torch.Tensor, key_length: int, first_row: int, block_rows: int, block_columns: int,
+    attention_mask: torch.Tensor | None,
+) -> torch.Tensor:
+    """Which (query cell, key cell) pairs of each block may attend, as an additive (B nr nc, 1, h_q w_q, hk wk) mask:
+    the key cell is on the grid and holds a position (0 <= position < P + T), it is not padding, and in the decoder it
+    does not follow the query. Linear in L."""
+    config = module.config
+    width, rows, columns = config.local_grid_width, config.local_block_rows, config.local_block_columns
+    below = 0 if module.is_causal else config.local_memory_rows
+    positions = torch.arange(1, key_length + 1, device=query.device)[None, None, :, None]  # position + 1
+    # the key position of every cell of every rectangle, -1 in the padding cells: (1, nr, nc, hk wk)
+    key_positions = grid_windows(positions, config, first_row, block_rows, block_columns, below)[:, 0, ..., 0] - 1
+    row = torch.arange(block_rows * rows, device=query.device) + first_row
+    column = torch.arange(block_columns * columns, device=query.device)
+    query_positions = row[:, None] * width + column[None, :]  # (nr h_q, nc w_q)
+    query_positions = query_positions.view(block_rows, rows, block_columns, columns).permute(0, 2, 1, 3)
+    query_positions = query_positions.reshape(1, block_rows, block_columns, rows * columns, 1)  # (1, nr, nc, q, 1)
+    keep = (key_positions >= 0)[:, :, :, None, :]  # (1, nr, nc, 1, hk wk): a real key cell
+    if module.is_causal:
+        keep = keep & (key_positions[:, :, :, None, :] <= query_positions)  # (1, nr, nc, q, hk wk)
+    if attention_mask is not None:
+        not_padding = (attention_mask[:, :, 0, :, None] == 0).to(query.dtype)  # (B, 1, P + T, 1)
+        not_padding = grid_windows(not_padding, config, first_row, block_rows, block_columns, below)[:, 0, ..., 0]
+        keep = keep[0] & (not_padding[:, :, :, None, :] > 0)  # (B, nr, nc, q or 1, hk wk)
+    mask = additive(keep, query.dtype)
+    mask = mask.expand(query.shape[0], block_rows, block_columns, rows * columns, mask.shape[-1])
+    return mask.reshape(-1, 1, rows * columns, mask.shape[-1])  # (B nr nc, 1, h_q w_q, hk wk)
+
+
+# ----------------------------------------------------------------------------------------------------------------
 # The switch: one variant per attention module, chosen when it is built
 # ----------------------------------------------------------------------------------------------------------------
 
 
 def select_attention(config: VaswaniConfig, is_cross_attention: bool) -> Callable:
-    """`full_attention`, `relative_attention` or `local_attention` (which adds the relative term itself when the
-    config asks for both). Cross-attention is always full and content-only. The config has already checked
-    `attention_type` and `position_embedding_type`; an unknown value here is a programming error."""
+    """`full_attention`, `relative_attention`, `local_attention` (which adds the relative term itself when the
+    config asks for both) or `local_2d_attention`. Cross-attention is always full and content-only. The config has
+    already checked `attention_type` and `position_embedding_type`; an unknown value here is a programming error."""
     if is_cross_attention:
         return full_attention
-    if config.attention_type not in ("full", "local"):
-        raise ValueError(f"`attention_type` must be one of ['full', 'local'], got {config.attention_type!r}.")
+    if config.attention_type not in ("full", "local", "local_2d"):
+        raise ValueError(
+            f"`attention_type` must be one of ['full', 'local', 'local_2d'], got {config.attention_type!r}."
+        )
     if config.attention_type == "local":
         return local_attention
+    if config.attention_type == "local_2d":
+        return local_2d_attention
     return relative_attention if config.position_embedding_type == "relative" else full_attention
 
 
@@ -447,5 +602,7 @@ __all__ = [
     "skew",
     "VaswaniRelativePositionEmbedding",
     "local_windows",
+    "local_2d_keep",
+    "grid_windows",
     "select_attention",
 ]

@@ -26,7 +26,7 @@ POSITION_EMBEDDING_TYPES = ("sinusoidal", "learned", "relative")
 # front, but a learned table is max_position_embeddings x d_model parameters, and no attention here spans a million
 # tokens: a larger value is a typo (or a hostile config.json) that must fail by name, not in the allocator.
 MAX_POSITION_EMBEDDINGS = 1 << 20
-ATTENTION_TYPES = ("full", "local")
+ATTENTION_TYPES = ("full", "local", "local_2d")
 ACTIVATION_FUNCTIONS = ("relu", "gelu", "gelu_new", "silu", "swish", "tanh")
 
 # Written into every saved config so that the folder loads with `trust_remote_code=True` on a machine where
@@ -63,12 +63,24 @@ class VaswaniConfig(PreTrainedConfig):
         max_relative_position: with "relative", distances are clipped to [-max_relative_position,
             max_relative_position]: 2 * max_relative_position + 1 learned vectors of size Dh per attention layer.
         relative_attention_per_head: with "relative", one table per head (True) or one shared by all heads.
-        attention_type: "full" self-attention over the whole sequence (§3.2) or "local" 1D block attention
+        attention_type: "full" self-attention over the whole sequence (§3.2), "local" 1D block attention
             (Image Transformer, Parmar et al. 2018): queries in blocks of `local_block_length`, each block sees
             itself and the `local_memory_length` positions before it (causal inside, in the decoder). In the
             encoder a block sees `local_memory_length` positions on each side. Cost is linear in the length.
+            Or "local_2d", the Image Transformer's 2D local attention (§3.2 there): the sequence is laid out on a
+            grid of `local_grid_width` positions per row (an image in raster order: width x channels), queries go
+            in blocks of `local_block_rows` x `local_block_columns` grid cells, and each block sees the rectangle
+            from `local_memory_rows` rows above it to its own last row and from `local_memory_columns` columns
+            left of it to as many right of it (in the encoder also `local_memory_rows` rows below it); in the
+            decoder only the positions before the query in raster order. Position p sits at row
+            p // local_grid_width, column p % local_grid_width (after a start token, position p holds pixel
+            p - 1 and predicts pixel p). Cost is linear in the length. Does not combine with relative positions.
             Cross-attention is always full.
         local_block_length / local_memory_length: query block length l_q and memory length l_m of "local".
+        local_grid_width: positions per grid row of "local_2d" (required with it): image width x channels.
+        local_block_rows / local_block_columns: the query block of "local_2d", in grid rows and columns.
+        local_memory_rows / local_memory_columns: the memory around a query block of "local_2d": rows above it,
+            columns on each side of it.
         normalize_before: False is the paper's post-LN, LayerNorm(x + Sublayer(x)); True is pre-LN,
             x + Sublayer(LayerNorm(x)), with a final LayerNorm after each stack.
         tie_word_embeddings: tie the output projection to the shared embedding (three-way tying, §3.4).
@@ -110,6 +122,11 @@ class VaswaniConfig(PreTrainedConfig):
     attention_type: str = "full"
     local_block_length: int = 64
     local_memory_length: int = 64
+    local_grid_width: int | None = None
+    local_block_rows: int = 8
+    local_block_columns: int = 32
+    local_memory_rows: int = 8
+    local_memory_columns: int = 16
     image_size: int | None = None
     patch_size: int | None = None
     num_channels: int = 3
@@ -215,6 +232,7 @@ class VaswaniConfig(PreTrainedConfig):
         value = self.local_memory_length
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise ValueError(f"`local_memory_length` must be an integer >= 0, got {value!r}.")
+        self.check_local_2d_fields()
         if self.activation_function not in ACTIVATION_FUNCTIONS:
             raise ValueError(
                 f"`activation_function` must be one of {list(ACTIVATION_FUNCTIONS)}, got {self.activation_function!r}."
@@ -235,6 +253,31 @@ class VaswaniConfig(PreTrainedConfig):
                     f"`{name}` must be a token id in [0, vocab_size - 1] = [0, {self.vocab_size - 1}], got {value!r}."
                 )
 
+
+    def check_local_2d_fields(self) -> None:
+        """The grid and block shapes of "local_2d" (checked whatever the attention type, like the 1D lengths)."""
+        for name, minimum in (("local_block_rows", 1), ("local_block_columns", 1), ("local_memory_rows", 0),
+                              ("local_memory_columns", 0)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+                kind = "a positive integer" if minimum else "an integer >= 0"
+                raise ValueError(f"`{name}` must be {kind}, got {value!r}.")
+        value = self.local_grid_width
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ValueError(f"`local_grid_width` must be a positive integer (positions per grid row) or None, got "
+                             f"{value!r}.")
+        if self.attention_type != "local_2d":
+            return
+        if value is None:
+            raise ValueError(
+                "`local_grid_width` is required with attention_type='local_2d': the positions per row of the grid "
+                "the sequence is laid out on (an image in raster order: width x channels, e.g. 96 for 32 x 32 RGB)."
+            )
+        if self.position_embedding_type == "relative":
+            raise ValueError(
+                "`position_embedding_type`='relative' does not combine with attention_type='local_2d': use "
+                "'sinusoidal' or 'learned' positions with it, or attention_type 'local' or 'full' with relative ones."
+            )
 
     def check_image_fields(self) -> None:
         """`image_size` and `patch_size`: both None (a text model), or whole patches that fit the positions."""

@@ -545,7 +545,7 @@ class VaswaniDecoder(VaswaniStack):
         see the whole cache; every other case gets an explicit (B, 1, T, P + T) mask. Local attention cuts its
         windows from the key padding alone: (B, 1, 1, P + T) or None."""
         query_length, dtype = hidden_states.shape[1], hidden_states.dtype
-        if self.config.attention_type == "local":
+        if self.config.attention_type in ("local", "local_2d"):
             return padding_mask(attention_mask, dtype)
         if not has_padding(attention_mask) and (past_length == 0 or query_length == 1):
             return None

@@ -79,7 +79,8 @@ def test_every_bad_value_is_a_value_error_naming_the_field(field, value, message
 def test_enum_errors_list_the_allowed_values():
     with pytest.raises(ValueError, match=r"\['sinusoidal', 'learned', 'relative'\]"):
         VaswaniConfig(position_embedding_type="absolute")
-    with pytest.raises(ValueError, match=r"`attention_type` must be one of \['full', 'local'\], got 'sparse'"):
+    with pytest.raises(ValueError,
+                       match=r"`attention_type` must be one of \['full', 'local', 'local_2d'\], got 'sparse'"):
         VaswaniConfig(attention_type="sparse")
     with pytest.raises(ValueError, match=r"Allowed head counts for d_model=100: \[1, 2, 4, 5, 10, 20, 25, 50\]"):
         VaswaniConfig(d_model=100, encoder_attention_heads=8)

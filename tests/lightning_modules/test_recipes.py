@@ -1,5 +1,6 @@
 """Every recipe instantiates through the CLI: data module, model (with the tokenizer's ids linked in), trainer,
-callbacks and loggers. Hub datasets are not touched: a local tokenizer stands in for the one each recipe would train."""
+callbacks and loggers. Hub datasets are not touched: a local tokenizer stands in for the one each recipe would train
+(the music and pixel data modules have a fixed vocabulary of their own)."""
 
 from pathlib import Path
 
@@ -11,15 +12,18 @@ from hf_transformer import train_tokenizer
 from lightning_modules.callbacks import HFExportCallback
 from lightning_modules.cli import build_cli
 from lightning_modules.data import CaptioningDataModule, LanguageModelingDataModule, TranslationDataModule
+from lightning_modules.data.fixed_vocabulary import FixedVocabularyDataModule
 from lightning_modules.tasks import CaptioningModule, CausalLanguageModule, TranslationModule
 
 CONFIGS = sorted((REPO_ROOT / "recipes" / "configs").glob("*.yaml"))
 EXPECTED = {"quickstart", "multi30k_de_en", "multi30k_en_de", "iwslt_de_en", "wmt14_en_de_base", "wmt14_en_de_big"}
 EXPECTED |= {"captioning_shapes", "captioning_flickr8k"}  # image captioning (lightning_modules/tasks/captioning.py)
 EXPECTED |= {"causal_lm_relative", "causal_lm_multi30k_cpu"}  # decoder-only (.../tasks/language_modeling.py)
+EXPECTED |= {"chorales_relative", "chorales_sinusoidal", "pixels_shapes", "pixels_cifar10"}  # music and images
 # (module, data module) pairs a recipe may instantiate
 MODULE_PAIRS = [(TranslationModule, TranslationDataModule), (CaptioningModule, CaptioningDataModule),
-                (CausalLanguageModule, LanguageModelingDataModule)]
+                (CausalLanguageModule, LanguageModelingDataModule), (CausalLanguageModule, FixedVocabularyDataModule)]
+FIXED_VOCABULARY_DATA = {"ChoralesDataModule", "PixelDataModule", "ShapesPixelDataModule"}  # no tokenizer_path
 
 
 @pytest.fixture(scope="module")
@@ -45,15 +49,17 @@ def test_recipe_has_a_header_and_instantiates(config, tokenizer_dir, tmp_path, m
                 or "cache_dir" in line or "default_root_dir" in line], f"{config.name}: no output paths in recipes"
     monkeypatch.chdir(tmp_path)  # loggers and checkpoints go to a scratch folder
     monkeypatch.setattr("sys.argv", ["hf-transformer"])
-    cli = build_cli(["--config", config.stem, "--data.init_args.tokenizer_path", tokenizer_dir,  # by its name
-                "--trainer.accelerator", "cpu", "--trainer.precision", "32-true"], run=False)
+    recipe = yaml.safe_load(config.read_text())
+    fixed = recipe["data"]["class_path"].rpartition(".")[2] in FIXED_VOCABULARY_DATA
+    tokenizer = [] if fixed else ["--data.init_args.tokenizer_path", tokenizer_dir]
+    cli = build_cli(["--config", config.stem, *tokenizer,  # by its name
+                     "--trainer.accelerator", "cpu", "--trainer.precision", "32-true"], run=False)
     run = tmp_path / "runs" / config.stem  # the default run directory: everything goes there
     assert Path(cli.trainer.default_root_dir).resolve() == run
     assert [Path(logger.save_dir).resolve() for logger in cli.trainer.loggers] == [run, run]
     assert {Path(cb.dirpath) for cb in cli.trainer.checkpoint_callbacks} <= {run / "checkpoints",
                                                                             run / "checkpoints" / "periodic"}
     assert any(isinstance(cli.model, module) and isinstance(cli.datamodule, data) for module, data in MODULE_PAIRS)
-    recipe = yaml.safe_load(config.read_text())
     model_config = cli.model.model.config
     assert model_config.vocab_size == len(cli.datamodule.tokenizer)  # linked from the data module
     model_args = recipe["model"].get("init_args", recipe["model"])  # a `model:` with a class_path nests its arguments
