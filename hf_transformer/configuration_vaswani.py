@@ -243,6 +243,10 @@ class VaswaniConfig(PreTrainedConfig):
                      "relative_attention_per_head"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"`{name}` must be True or False, got {getattr(self, name)!r}.")
+        self.check_token_ids()
+
+    def check_token_ids(self) -> None:
+        """The special token ids: in the vocabulary; `pad_token_id` and `decoder_start_token_id` required."""
         for name in ("pad_token_id", "bos_token_id", "eos_token_id", "decoder_start_token_id"):
             value = getattr(self, name)
             if name in ("pad_token_id", "decoder_start_token_id") and value is None:
@@ -252,7 +256,6 @@ class VaswaniConfig(PreTrainedConfig):
                 raise ValueError(
                     f"`{name}` must be a token id in [0, vocab_size - 1] = [0, {self.vocab_size - 1}], got {value!r}."
                 )
-
 
     def check_local_2d_fields(self) -> None:
         """The grid and block shapes of "local_2d" (checked whatever the attention type, like the 1D lengths)."""
