@@ -29,7 +29,7 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
 from . import callbacks, data  # noqa: F401  (imported: their classes go by their short names, `--data NAME`)
 from .checkpointing import AtomicCheckpointIO, load_checkpoint_file
-from .redaction import redact_config
+from .redaction import HIDDEN, is_secret_name, redact_config
 from .runs import materialize_tokenizer, packaged_recipes, read_run_record, resolve_recipe, run_dir_of
 from .tasks.translation import TranslationModule
 
@@ -110,11 +110,66 @@ def missing_data_message(subcommand: str) -> str:
                "module comes with it." if subcommand in EVALUATION_SUBCOMMANDS else ""))
 
 
+def secret_keys(value: object, path: str = "") -> list[str]:
+    """The dotted keys of `value` (parsed YAML: dicts and lists) whose name says token and that hold a value."""
+    found = []
+    if isinstance(value, dict):
+        for key, item in value.items():
+            where = f"{path}.{key}" if path else str(key)
+            if is_secret_name(key) and item not in (None, "", HIDDEN):  # a saved config.yaml says ***
+                found.append(where)
+            else:
+                found.extend(secret_keys(item, where))
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            found.extend(secret_keys(item, f"{path}[{index}]"))
+    return found
+
+
+def secret_arguments(args: list[str]) -> list[str]:
+    """Where `args` carry a token (never the token itself): `--x.token VALUE` / `--x.token=VALUE` arguments, and
+    `token` keys of config files, YAML strings and inline dicts (`--trainer.callbacks '{...token: ...}'`)."""
+    found = []
+    for index, arg in enumerate(args):
+        name, equals, value = arg.partition("=")
+        if name.startswith("-") and is_secret_name(name):
+            found.append(f"argument {name}")
+            continue
+        flag = name if name.startswith("-") and equals else args[index - 1] if index else ""
+        text = value if name.startswith("-") and equals else arg
+        is_config = flag in CONFIG_FLAGS
+        if not (is_config or text.lstrip()[:1] in ("{", "[")):
+            continue
+        is_file = is_config and "\n" not in text and Path(text).is_file()
+        try:
+            parsed = yaml.safe_load(Path(text).read_text(encoding="utf-8") if is_file else text)
+        except (OSError, UnicodeDecodeError, yaml.YAMLError):
+            continue  # the parser reports an unreadable or malformed config
+        where = f"config file {text}" if is_file else f"the YAML value of {flag or 'an argument'}"
+        found.extend(f"{where}: key {key}" for key in secret_keys(parsed))
+    return found
+
+
+def refuse_secret_arguments(args: list[str]) -> None:
+    """Exit (status 2) when the command line or a config file gives a Hub token: it would be printed by
+    `--print_config`, by the parser's errors and by tracebacks, and it sits in shell history and the process list.
+    The message names where the token is, never the token."""
+    found = secret_arguments(args)
+    if found:
+        print(f"hf-transformer: a Hub token was given on the command line ({'; '.join(found)}). Tokens are never taken "
+              "from the command line or from config files: they would be printed by --print_config and by error "
+              "messages, and kept in shell history. Remove it, and set the HF_TOKEN environment variable (or log in "
+              "once with `hf auth login`, the Hugging Face credential store): HubPushCallback uses that.",
+              file=sys.stderr)
+        sys.exit(2)
+
+
 def prepare_arguments(args: list[str]) -> tuple[list[str], str | None]:
     """The command line as LightningCLI parses it (packaged recipes by name, the checkpoint's own configuration),
     and the recipe name that names the default run directory. Exits with a clear message when a subcommand has no
-    data module at all."""
+    data module at all, or when an argument gives a Hub token (`refuse_secret_arguments`)."""
     args = with_packaged_recipes(args)
+    refuse_secret_arguments(args)
     config = option_value(args, CONFIG_FLAGS)
     recipe = Path(config[1]).stem if config is not None and Path(config[1]).is_file() else None
     position = next((i for i, arg in enumerate(args) if arg in SUBCOMMANDS), None)

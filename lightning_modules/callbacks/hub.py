@@ -70,9 +70,10 @@ class HubPushCallback(Callback):
         max_retries: retries after a failed attempt (so up to max_retries + 1 attempts per push).
         backoff_seconds: wait before the first retry, doubled after each failed retry.
         timeout_seconds: how long the end of fit waits for the last push before giving up with a warning.
-        token: a Hub token; default None uses huggingface_hub's resolution (HF_TOKEN, then `hf auth login`).
-            Prefer HF_TOKEN: a token written in a YAML recipe sits in that file and in shell history. The run's
-            config.yaml shows it as *** (lightning_modules/cli.py), and it is never logged or shown in repr().
+        token: a Hub token, for use from Python only; default None uses huggingface_hub's resolution (HF_TOKEN,
+            then `hf auth login`). The command line refuses a token argument or a `token:` in a config file
+            (`lightning_modules.cli.refuse_secret_arguments`): it would be printed by --print_config and errors.
+            It is never logged or shown in repr().
     """
 
     def __init__(
@@ -100,7 +101,7 @@ class HubPushCallback(Callback):
         self.max_retries = max_retries
         self.backoff_seconds = backoff_seconds
         self.timeout_seconds = timeout_seconds
-        self.token = token
+        self.token = None if token == HIDDEN else token  # *** : a saved config.yaml reused, no token given
         self.push_history: list[dict[str, Any]] = []
         self.validations = 0
         self.push_due = False
