@@ -186,6 +186,31 @@ def prepare_arguments(args: list[str]) -> tuple[list[str], str | None]:
     return [*args[:position], subcommand, *rest], recipe
 
 
+def configuration_changes(model: object, hparams: dict) -> list[str]:
+    """How the model given now (the parsed `model` section: class_path and init_args) differs from the checkpoint's
+    hyper-parameters (`hparams`): VaswaniConfig fields of the resolved model configuration, then the task's other
+    arguments. Empty for a model class that is not one of the task modules."""
+    import importlib
+
+    from .tasks.base import TaskModule, model_differences, pretrained_fields, read_model_config
+
+    module_name, _, name = str(model.class_path).rpartition(".")
+    task = getattr(importlib.import_module(module_name), name, None)
+    if not (isinstance(task, type) and issubclass(task, TaskModule)):
+        return []
+    init_args = model.init_args.as_dict() if hasattr(model.init_args, "as_dict") else dict(model.init_args or {})
+    given = read_model_config(init_args.get("model_config"))
+    if init_args.get("pretrained"):
+        given = {**pretrained_fields(init_args["pretrained"]), **given}
+    fields = {**task.default_model_fields, **given, **task.fixed_model_fields}
+    changes = [f"model_config.{change}" for change in model_differences(hparams.get("model_config") or {}, fields)]
+    for key, value in hparams.items():
+        if key not in ("model_config", "tokenizer_fields") and not key.startswith("_") and key in init_args \
+                and init_args[key] != value:
+            changes.append(f"{key}: {value!r} in the checkpoint, {init_args[key]!r} now")
+    return changes
+
+
 class TransformerCLI(LightningCLI):
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.set_defaults({"model": {"class_path": f"{TranslationModule.__module__}.{TranslationModule.__name__}"}})
@@ -208,6 +233,15 @@ class TransformerCLI(LightningCLI):
                     "cannot be resumed or tested with this version. Export its weights with that version, or train "
                     "again (the recipes now give the model's VaswaniConfig fields under model.model_config)."
                 )
+            changes = configuration_changes(self.config.fit.model, hparams) if subcommand == "fit" else []
+            if changes:  # Lightning would replace them silently with the checkpoint's values
+                from .tasks.base import start_fresh_advice
+
+                parser.error(
+                    f"--ckpt_path {ckpt_path} resumes a run whose model was configured otherwise: "
+                    f"{'; '.join(changes)}. A resume continues the same run with the same model: give the run's own "
+                    "configuration (its config.yaml is in the run's csv/version_N/), or leave these out. "
+                    + start_fresh_advice(ckpt_path))
 
     def before_instantiate_classes(self) -> None:
         """The run directory, when nothing set it: `runs/<recipe name>`."""

@@ -108,6 +108,42 @@ def tokenizer_files(tokenizer: Any) -> dict[str, str]:
                 if path.is_file()}
 
 
+def tokenizer_fingerprint(tokenizer: Any) -> str:
+    """sha256 of what maps text to ids: the tokenizer's vocabulary and merges, added tokens, normalizer,
+    pre-tokenizer, post-processor and decoder (not runtime settings such as padding). Equal fingerprints: every id
+    means the same token."""
+    definition = json.loads(tokenizer.backend_tokenizer.to_str())
+    kept = {key: definition.get(key) for key in ("model", "added_tokens", "normalizer", "pre_tokenizer",
+                                                  "post_processor", "decoder")}
+    return hashlib.sha256(json.dumps(kept, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+
+
+def vocabulary_of_files(files: dict[str, str]) -> dict[str, int] | None:
+    """token -> id of the tokenizer files a checkpoint carries (None when they hold no readable vocabulary)."""
+    try:
+        definition = json.loads(files["tokenizer.json"])
+        vocabulary = dict(definition["model"]["vocab"])
+        vocabulary.update({entry["content"]: entry["id"] for entry in definition.get("added_tokens") or []})
+        return vocabulary
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def describe_vocabulary_change(old: dict[str, int] | None, new: dict[str, int]) -> str:
+    """How two vocabularies differ, for an error message: sizes, ids that now stand for another token (one example)."""
+    if old is None:
+        return "its fingerprint differs"
+    if len(old) != len(new):
+        return f"the vocabularies have {len(old)} and {len(new)} tokens"
+    old_ids, new_ids = {i: t for t, i in old.items()}, {i: t for t, i in new.items()}
+    changed = sorted(i for i in old_ids if new_ids.get(i) != old_ids[i])
+    if not changed:
+        return "the vocabularies are equal but the merges or the normalisation differ"
+    example = changed[0]
+    return (f"{len(changed)} of {len(old)} token ids stand for other tokens now (e.g. id {example}: "
+            f"{old_ids[example]!r} in the checkpoint, {new_ids.get(example)!r} now)")
+
+
 def materialize_tokenizer(files: dict[str, str]) -> Path:
     """The tokenizer a checkpoint carries, written once into the cache (named by its content); its folder."""
     key = hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()[:16]
@@ -139,6 +175,6 @@ def read_run_record(path: str | os.PathLike) -> dict[str, Any] | None:
     return dict(record) if isinstance(record, dict) else None
 
 
-__all__ = ["CACHE_ENV", "RUN_FILE", "RUN_KEY", "RUN_LAYOUT", "cache_dir", "class_path", "materialize_tokenizer",
-           "packaged_recipes", "read_run_record", "resolve_recipe", "run_dir_of", "tokenizer_files",
-           "weights_name"]
+__all__ = ["CACHE_ENV", "RUN_FILE", "RUN_KEY", "RUN_LAYOUT", "cache_dir", "class_path", "describe_vocabulary_change",
+           "materialize_tokenizer", "packaged_recipes", "read_run_record", "resolve_recipe", "run_dir_of",
+           "tokenizer_files", "tokenizer_fingerprint", "vocabulary_of_files", "weights_name"]

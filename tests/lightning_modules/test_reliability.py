@@ -21,6 +21,7 @@ def run_bytes(args: list[str], cwd: Path, env: dict | None = None, timeout: floa
     environment = dict(env or os.environ)
     environment["PYTHONPATH"] = os.pathsep.join([str(TESTS_DIR), str(REPO_ROOT), environment.get("PYTHONPATH", "")])
     environment.setdefault("HF_HUB_OFFLINE", "1")
+    environment.setdefault("HF_TRANSFORMER_CACHE", str(cwd / "user-cache"))  # never the user's own cache
     return subprocess.run([sys.executable, "-m", "recipes", *args], cwd=cwd, env=environment, capture_output=True,
                           timeout=timeout, stdin=subprocess.DEVNULL)
 
@@ -64,3 +65,58 @@ def test_a_planted_token_never_reaches_stdout_or_stderr(tmp_path):
             assert result.returncode == 0 and b"token: null" in result.stdout
         else:
             assert result.returncode != 0 and b"every_n_validations" in result.stderr
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# 2. A resume is the same run: the same tokenizer, the same model
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def tiny_run(tmp_path: Path, name: str, steps: int = 10, **data: int) -> tuple[dict, Path]:
+    """test_training's tiny run (2-layer d=32, numbers corpus), `steps` steps, a checkpoint every 10 steps."""
+    from test_training import tiny_run_config
+
+    config = tiny_run_config(tmp_path / name, tmp_path / "cache", dropout=0.1, batch_size=16)
+    config["trainer"].update(max_steps=steps, val_check_interval=steps)
+    config["data"]["init_args"].update(num_validation=20, eval_batch_size=20, **data)
+    return config, tmp_path / name
+
+
+def write(tmp_path: Path, name: str, config: dict) -> str:
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return str(path)
+
+
+def test_a_resume_with_another_corpus_or_model_is_refused_naming_what_differs(tmp_path):
+    config, run = tiny_run(tmp_path, "run")
+    first = run_bytes(["fit", "--config", write(tmp_path, "run", config)], tmp_path)
+    assert first.returncode == 0, first.stderr.decode()[-3000:]
+    last = run / "checkpoints" / "last.ckpt"
+
+    # a slightly larger corpus: the data module trains another 300-token tokenizer; its ids mean other tokens
+    bigger, _ = tiny_run(tmp_path, "run", steps=20, num_train=3000)
+    result = run_bytes(["fit", "--config", write(tmp_path, "bigger", bigger), "--ckpt_path", str(last)], tmp_path)
+    stderr = result.stderr.decode()
+    assert result.returncode == 1, stderr[-3000:]
+    assert f"ResumeMismatchError: Checkpoint {last} was trained with another tokenizer than the data module has " \
+           "now:" in stderr
+    print(stderr.strip().splitlines()[-1])  # shown with -s (RELIABILITY.md quotes it)
+    assert "token ids stand for other tokens now (e.g. id" in stderr and "--data.tokenizer_path" in stderr
+    assert "leave out --ckpt_path" in stderr and "--model.pretrained" in stderr
+    assert not (run / "checkpoints" / "step=19.ckpt").exists()  # not one step trained
+
+    # another d_model: Lightning used to replace it silently with the checkpoint's 32
+    wider, _ = tiny_run(tmp_path, "run", steps=20)
+    wider["model"]["model_config"]["d_model"] = 48
+    result = run_bytes(["fit", "--config", write(tmp_path, "wider", wider), "--ckpt_path", str(last)], tmp_path)
+    stderr = result.stderr.decode()
+    assert result.returncode == 2, stderr[-3000:]
+    print(stderr.strip().splitlines()[-1])
+    assert f"--ckpt_path {last} resumes a run whose model was configured otherwise: model_config.d_model: 32 in " \
+           "the checkpoint, 48 now." in stderr
+
+    # the same configuration resumes
+    same, _ = tiny_run(tmp_path, "run", steps=12)
+    result = run_bytes(["fit", "--config", write(tmp_path, "same", same), "--ckpt_path", str(last)], tmp_path)
+    assert result.returncode == 0, result.stderr.decode()[-3000:]
