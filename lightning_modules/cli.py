@@ -313,13 +313,18 @@ def build_cli(args: list[str] | None = None, run: bool = True) -> TransformerCLI
 
 def main() -> None:
     """The `hf-transformer` console script: `translate` and `plot` are commands of their own, everything else goes
-    to the LightningCLI (its return value becomes the exit status: None is success)."""
+    to the LightningCLI (its return value becomes the exit status: None is success). A fit stopped by SIGTERM or
+    SIGINT (`PreemptionCheckpoint`) exits with 128 + the signal's number and a message that says "interrupted"."""
     tools = {"translate": "hf_transformer.translation", "plot": "lightning_modules.callbacks.curves"}
     if len(sys.argv) > 1 and sys.argv[1] in tools:
         import importlib
 
         sys.exit(importlib.import_module(tools[sys.argv[1]]).main(sys.argv[2:]))
-    build_cli()
+    try:
+        build_cli()
+    except callbacks.TrainingInterrupted as interrupted:  # SIGTERM / SIGINT: last.ckpt written, nothing exported
+        print(f"hf-transformer: {interrupted}", file=sys.stderr)
+        sys.exit(interrupted.exit_code)
 
 
 if __name__ == "__main__":

@@ -39,6 +39,7 @@ from hf_transformer import VaswaniConfig
 
 from ..callbacks.curves import LearningCurves
 from ..callbacks.nonfinite import NonFiniteLossGuard
+from ..callbacks.preemption import PreemptionCheckpoint
 from ..callbacks.results import EvaluationOutputs
 from ..callbacks.throughput import TokenThroughput
 from ..checkpointing import MODEL_KEY, describe_model
@@ -68,7 +69,7 @@ RUNTIME_ARGUMENTS = ["optimizer", "lr_scheduler", "compile", "num_beams", "lengt
 #: The evaluation metrics the progress bar shows (all of them go to the loggers).
 PROGRESS_BAR_METRICS = ("loss", "bleu", "chrf")
 #: The callbacks every task trains and evaluates with, unless the trainer has its own of that class.
-DEFAULT_CALLBACKS = (TokenThroughput, NonFiniteLossGuard, LearningCurves, EvaluationOutputs)
+DEFAULT_CALLBACKS = (TokenThroughput, NonFiniteLossGuard, LearningCurves, EvaluationOutputs, PreemptionCheckpoint)
 
 
 def read_model_config(model_config: dict[str, Any] | str | None) -> dict[str, Any]:
@@ -238,8 +239,9 @@ class TaskModule(LightningModule):
         return isinstance(self.model, FSDPModule)
 
     def configure_callbacks(self) -> list[Callback]:
-        """The throughput log, the non-finite guard ("skip"), the learning curves at the end of fit and the files of
-        an evaluation (test hypotheses, the model card's test score), unless the trainer has its own."""
+        """The throughput log, the non-finite guard ("skip"), the learning curves at the end of fit, the files of
+        an evaluation (test hypotheses, the model card's test score) and the checkpoint of a run stopped by SIGTERM /
+        SIGINT, unless the trainer has its own."""
         present = {type(callback) for callback in self.trainer.callbacks}
         return [callback() for callback in DEFAULT_CALLBACKS if callback not in present]
 

@@ -5,6 +5,7 @@ and checks what a user would see."""
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -120,3 +121,78 @@ def test_a_resume_with_another_corpus_or_model_is_refused_naming_what_differs(tm
     same, _ = tiny_run(tmp_path, "run", steps=12)
     result = run_bytes(["fit", "--config", write(tmp_path, "same", same), "--ckpt_path", str(last)], tmp_path)
     assert result.returncode == 0, result.stderr.decode()[-3000:]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# 3. Preemption: SIGTERM writes a resumable checkpoint where the run stops, exports nothing, exits non-zero
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def environment(cwd: Path) -> dict:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(TESTS_DIR), str(REPO_ROOT), env.get("PYTHONPATH", "")])
+    env.update(HF_HUB_OFFLINE="1", HF_TRANSFORMER_CACHE=str(cwd / "user-cache"), OMP_NUM_THREADS="1")
+    return env
+
+
+def start_fit(config_path: str, cwd: Path, *extra: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "recipes", "fit", "--config", config_path, *extra], cwd=cwd,
+                            env=environment(cwd), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            stdin=subprocess.DEVNULL, text=True)
+
+
+def wait_for(path: Path, proc: subprocess.Popen, timeout: float = 300) -> None:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert proc.poll() is None, f"exited {proc.returncode} before {path.name}\n{proc.communicate()[1][-3000:]}"
+        assert time.monotonic() < deadline, f"no {path} after {timeout} s"
+        time.sleep(0.05)
+
+
+def exporting_run(tmp_path: Path, name: str, version: str, steps: int = 30, pause: dict | None = None) -> dict:
+    config, run = tiny_run(tmp_path, name, steps=steps)
+    config["trainer"]["callbacks"].append({"class_path": "lightning_modules.callbacks.HFExportCallback",
+                                           "init_args": {"monitor": "val/loss", "mode": "min",
+                                                         "dirpath": str(run / "hf_model")}})
+    if pause is not None:
+        config["trainer"]["callbacks"].append({"class_path": "killer.PauseAtStep", "init_args": pause})
+    config["trainer"]["logger"]["init_args"]["version"] = version
+    return config
+
+
+def test_sigterm_mid_epoch_writes_a_resumable_checkpoint_exports_nothing_and_resumes_bitwise(tmp_path):
+    from test_training import metrics, series
+
+    reference = exporting_run(tmp_path, "reference", "reference")
+    proc = start_fit(write(tmp_path, "reference", reference), tmp_path)
+    assert proc.wait(600) == 0, proc.communicate()[1][-3000:]
+    expected = series(metrics(tmp_path / "reference/csv/reference/metrics.csv"), "train/loss")
+    assert sorted(expected) == list(range(30))
+
+    run, marker = tmp_path / "run", tmp_path / "at-step-12"
+    interrupted = exporting_run(tmp_path, "run", "interrupted", pause={"step": 12, "marker": str(marker)})
+    proc = start_fit(write(tmp_path, "interrupted", interrupted), tmp_path)
+    wait_for(marker, proc)
+    proc.send_signal(signal.SIGTERM)  # as SLURM or Kubernetes do
+    stdout, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 128 + signal.SIGTERM, stderr[-3000:]
+    last = run / "checkpoints" / "last.ckpt"
+    message = (f"hf-transformer: Training interrupted by SIGTERM at step 12: wrote the resumable checkpoint {last}; "
+               f"nothing was exported. Resume with the same command and --ckpt_path {last}.")
+    assert stderr.strip().splitlines()[-1] == message
+    from lightning_modules.checkpointing import load_checkpoint_file
+
+    assert load_checkpoint_file(last)["global_step"] == 12
+    assert not list((run / "checkpoints").glob(".*"))  # no temporary file
+    assert not (run / "hf_model").exists() and not (run / "hf_model_last").exists()  # nothing exported
+    before = series(metrics(run / "csv/interrupted/metrics.csv"), "train/loss")
+    assert before == {step: expected[step] for step in range(12)}
+
+    resumed = exporting_run(tmp_path, "run", "resumed")
+    proc = start_fit(write(tmp_path, "resumed", resumed), tmp_path, "--ckpt_path", str(last))
+    assert proc.wait(600) == 0, proc.communicate()[1][-3000:]
+    after = series(metrics(run / "csv/resumed/metrics.csv"), "train/loss")
+    assert after == {step: expected[step] for step in range(12, 30)}  # bit for bit
+    assert (run / "hf_model_last" / "model.safetensors").is_file()
