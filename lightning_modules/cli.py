@@ -29,8 +29,17 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
 from . import callbacks, data  # noqa: F401  (imported: their classes go by their short names, `--data NAME`)
 from .checkpointing import AtomicCheckpointIO, load_checkpoint_file
-from .redaction import HIDDEN, is_secret_name, redact_config
-from .runs import materialize_tokenizer, packaged_recipes, read_run_record, resolve_recipe, run_dir_of
+from .redaction import HIDDEN, is_secret_name, redact_command, redact_config
+from .runs import (
+    RunDirectoryInUse,
+    RunLock,
+    is_first_process,
+    materialize_tokenizer,
+    packaged_recipes,
+    read_run_record,
+    resolve_recipe,
+    run_dir_of,
+)
 from .tasks.translation import TranslationModule
 
 SUBCOMMANDS = ("fit", "validate", "test", "predict")
@@ -248,6 +257,12 @@ class TransformerCLI(LightningCLI):
         config = self.config[self.subcommand] if self.subcommand else self.config
         if config.trainer.default_root_dir is None:
             config.trainer.default_root_dir = os.path.join("runs", self.recipe_name or "run")
+        if self.subcommand == "fit" and is_first_process():  # one writer per run directory, for the fit's life
+            try:
+                self.run_lock = RunLock(config.trainer.default_root_dir, redact_command(sys.argv)).acquire()
+            except RunDirectoryInUse as error:
+                print(f"hf-transformer fit: {error}", file=sys.stderr)
+                sys.exit(1)
         if self.subcommand in EVALUATION_SUBCOMMANDS:  # the training callbacks' states do not matter to evaluation
             warnings.filterwarnings("ignore", message=".*callbacks used to create the checkpoint need to be provided")
 
@@ -293,22 +308,27 @@ def build_cli(args: list[str] | None = None, run: bool = True) -> TransformerCLI
     """Parse `args` (default: sys.argv), build data module, model and trainer, and run the subcommand; with
     `run=False` there is no subcommand and nothing runs (used to check that recipes instantiate)."""
     configure_logging()
-    return TransformerCLI(
-        LightningModule,
-        LightningDataModule,
-        subclass_mode_model=True,
-        subclass_mode_data=True,
-        auto_configure_optimizers=False,  # the module injects its optimiser and per-step schedule itself
-        save_config_callback=RedactingSaveConfigCallback,
-        save_config_kwargs={"overwrite": True},
-        trainer_defaults={
-            "use_distributed_sampler": False,  # the data module shards its token-budget batches itself
-            # a crash while saving never leaves a half-written checkpoint; loading is weights_only
-            "plugins": [{"class_path": f"{AtomicCheckpointIO.__module__}.{AtomicCheckpointIO.__name__}"}],
-        },
-        args=args,
-        run=run,
-    )
+    locks_before = set(RunLock.held)
+    try:
+        return TransformerCLI(
+            LightningModule,
+            LightningDataModule,
+            subclass_mode_model=True,
+            subclass_mode_data=True,
+            auto_configure_optimizers=False,  # the module injects its optimiser and per-step schedule itself
+            save_config_callback=RedactingSaveConfigCallback,
+            save_config_kwargs={"overwrite": True},
+            trainer_defaults={
+                "use_distributed_sampler": False,  # the data module shards its token-budget batches itself
+                # a crash while saving never leaves a half-written checkpoint; loading is weights_only
+                "plugins": [{"class_path": f"{AtomicCheckpointIO.__module__}.{AtomicCheckpointIO.__name__}"}],
+            },
+            args=args,
+            run=run,
+        )
+    finally:  # the run directory's lock is held while the subcommand runs
+        for key in set(RunLock.held) - locks_before:
+            RunLock.held[key].release()
 
 
 def main() -> None:

@@ -12,10 +12,14 @@
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
 import shutil
+import socket
+import sys
+import time
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -26,8 +30,11 @@ CACHE_ENV = "HF_TRANSFORMER_CACHE"
 #: The checkpoint entry and the file of an exported folder that hold the run record.
 RUN_KEY = "hf_transformer_run"
 RUN_FILE = "hf_transformer_run.json"
+#: The lock file of a run directory: held by the `fit` that writes into it (`RunLock`).
+LOCK_FILE = "fit.lock"
 #: What a run directory holds (README.md "Where a run writes").
 RUN_LAYOUT = {
+    "fit.lock": "who writes into the run: one fit at a time (free as soon as that process ends)",
     "checkpoints": "best.ckpt (best validation score), last.ckpt, step=N.ckpt (periodic, for averaging)",
     "hf_model": "the Hugging Face folder of the best validation score's weights",
     "hf_model_last": "the Hugging Face folder of the last weights",
@@ -78,6 +85,78 @@ def weights_name(path: str | os.PathLike | None) -> str:
         return "model"
     path = Path(path)
     return path.name if path.is_dir() else path.stem
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# One writer per run directory
+# ----------------------------------------------------------------------------------------------------------------
+
+
+class RunDirectoryInUse(RuntimeError):
+    """Another process holds the run directory's lock."""
+
+
+def is_first_process() -> bool:
+    """False in the other processes of a multi-process run (DDP ranks started by Lightning, torchrun or srun): only
+    the first one locks the run directory."""
+    return all(os.environ.get(name, "0") in ("", "0") for name in ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID"))
+
+
+class RunLock:
+    """An exclusive lock on `<run>/fit.lock` for the life of a `fit` (`fcntl.flock`, non-blocking).
+
+    The kernel drops the lock when its process ends, however it ends (SIGKILL included): a lock file left by a dead
+    process is free and is simply taken over, its content (pid, host, start time, command) rewritten. The file is
+    never deleted: deleting it would let a process that opened it lock a file that no longer has a name. A process
+    that holds the lock already gets it again (`held`).
+    """
+
+    held: dict[str, "RunLock"] = {}  # realpath of the run directory -> the lock this process holds
+
+    def __init__(self, run_dir: str | os.PathLike, command: str = "") -> None:
+        self.run_dir = Path(run_dir)
+        self.path = self.run_dir / LOCK_FILE
+        self.command = command
+        self.fd: int | None = None
+
+    def acquire(self) -> "RunLock":
+        key = os.path.realpath(self.run_dir)
+        holder = RunLock.held.get(key)
+        if holder is not None:  # this process holds it already
+            return holder
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            raise RunDirectoryInUse(self.refusal()) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, (json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "command": self.command,
+                                   "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}) + "\n").encode(), 0)
+        os.fsync(fd)
+        self.fd = fd
+        RunLock.held[key] = self
+        return self
+
+    def release(self) -> None:
+        if self.fd is None:
+            return
+        RunLock.held.pop(os.path.realpath(self.run_dir), None)
+        os.close(self.fd)  # closing the descriptor drops the lock
+        self.fd = None
+
+    def refusal(self) -> str:
+        try:
+            holder = json.loads(self.path.read_text(encoding="utf-8"))
+            who = (f"pid {holder.get('pid')} on host {holder.get('host')}, started {holder.get('started')}: "
+                   f"{holder.get('command')}")
+        except (OSError, ValueError, AttributeError):
+            who = "a process that has not written its name yet"
+        return (f"The run directory {self.run_dir} is in use by another fit ({who}). Two fits into one run would mix "
+                f"their checkpoints, exports and logs. Wait for it to end (or stop it), or give this run another "
+                f"directory: --trainer.default_root_dir {self.run_dir}-2. The lock ({self.path}) is free as soon as "
+                "that process ends, however it ends.")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -175,6 +254,7 @@ def read_run_record(path: str | os.PathLike) -> dict[str, Any] | None:
     return dict(record) if isinstance(record, dict) else None
 
 
-__all__ = ["CACHE_ENV", "RUN_FILE", "RUN_KEY", "RUN_LAYOUT", "cache_dir", "class_path", "describe_vocabulary_change",
+__all__ = ["CACHE_ENV", "LOCK_FILE", "RUN_FILE", "RUN_KEY", "RUN_LAYOUT", "RunDirectoryInUse", "RunLock",
+           "is_first_process", "cache_dir", "class_path", "describe_vocabulary_change",
            "materialize_tokenizer", "packaged_recipes", "read_run_record", "resolve_recipe", "run_dir_of",
            "tokenizer_files", "tokenizer_fingerprint", "vocabulary_of_files", "weights_name"]

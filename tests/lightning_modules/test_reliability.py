@@ -196,3 +196,54 @@ def test_sigterm_mid_epoch_writes_a_resumable_checkpoint_exports_nothing_and_res
     after = series(metrics(run / "csv/resumed/metrics.csv"), "train/loss")
     assert after == {step: expected[step] for step in range(12, 30)}  # bit for bit
     assert (run / "hf_model_last" / "model.safetensors").is_file()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# 4. One writer per run directory
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def files_under(folder: Path) -> dict[str, tuple[int, int]]:
+    return {str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns) for p in folder.rglob("*")
+            if p.is_file()}
+
+
+def test_a_second_fit_into_a_run_directory_is_refused_and_a_dead_holders_lock_is_taken_over(tmp_path):
+    import json
+
+    from lightning_modules.checkpointing import load_checkpoint_file
+
+    config, run = tiny_run(tmp_path, "run")
+    config["trainer"]["default_root_dir"] = str(run)
+    marker = tmp_path / "first-at-step-5"
+    first_config = {**config, "trainer": {**config["trainer"], "callbacks": [
+        *config["trainer"]["callbacks"],
+        {"class_path": "killer.PauseAtStep", "init_args": {"step": 5, "marker": str(marker), "seconds": 20}}]}}
+    first = start_fit(write(tmp_path, "first", first_config), tmp_path)
+    wait_for(marker, first)
+    before = files_under(run)
+    holder = json.loads((run / "fit.lock").read_text())
+    assert holder["pid"] == first.pid and "fit --config" in holder["command"]
+
+    second = run_bytes(["fit", "--config", write(tmp_path, "second", config)], tmp_path, timeout=120)
+    stderr = second.stderr.decode()
+    assert second.returncode == 1, stderr[-3000:]
+    assert stderr.strip().splitlines()[-1].startswith(
+        f"hf-transformer fit: The run directory {run} is in use by another fit (pid {first.pid} on host ")
+    assert f"--trainer.default_root_dir {run}-2" in stderr
+    assert files_under(run) == before  # the second fit wrote nothing
+
+    assert first.wait(300) == 0, first.communicate()[1][-3000:]
+    assert load_checkpoint_file(run / "checkpoints" / "last.ckpt")["global_step"] == 10
+    from test_training import metrics, series
+
+    assert sorted(series(metrics(run / "csv/version_0/metrics.csv"), "train/loss")) == list(range(10))
+
+    # the first fit is gone, its lock file stays: free, taken over by the next fit of the run (a resume here)
+    resumed, _ = tiny_run(tmp_path, "run", steps=12)
+    resumed["trainer"]["default_root_dir"] = str(run)
+    resumed["trainer"]["logger"]["init_args"]["version"] = 1
+    third = run_bytes(["fit", "--config", write(tmp_path, "third", resumed), "--ckpt_path", "last"], tmp_path)
+    assert third.returncode == 0, third.stderr.decode()[-3000:]
+    assert json.loads((run / "fit.lock").read_text())["pid"] not in (first.pid, os.getpid())
+    assert load_checkpoint_file(run / "checkpoints" / "last.ckpt")["global_step"] == 12
