@@ -173,10 +173,28 @@ def refuse_secret_arguments(args: list[str]) -> None:
         sys.exit(2)
 
 
+def refuse_undecodable_arguments(args: list[str]) -> None:
+    """Exit (status 2) naming the argument when one holds bytes that are not UTF-8 (a file name from another
+    encoding reaches Python as surrogate escapes, which the parser and YAML cannot carry)."""
+    for index, arg in enumerate(args):
+        try:
+            arg.encode("utf-8")
+        except UnicodeEncodeError as error:
+            name, equals, value = arg.partition("=")
+            flag = name if name.startswith("-") and equals else args[index - 1] if index and \
+                args[index - 1].startswith("-") else f"argument {index + 1}"
+            shown = os.fsencode(value if name.startswith("-") and equals else arg)
+            print(f"hf-transformer: {flag}: the value {shown!r} is not valid UTF-8 (byte "
+                  f"{os.fsencode(arg[error.start:error.end])!r}); file names must be UTF-8: rename the file (e.g. "
+                  "`convmv -f latin1 -t utf8 --notest FILE`) or link it under a UTF-8 name.", file=sys.stderr)
+            sys.exit(2)
+
+
 def prepare_arguments(args: list[str]) -> tuple[list[str], str | None]:
     """The command line as LightningCLI parses it (packaged recipes by name, the checkpoint's own configuration),
     and the recipe name that names the default run directory. Exits with a clear message when a subcommand has no
     data module at all, or when an argument gives a Hub token (`refuse_secret_arguments`)."""
+    refuse_undecodable_arguments(args)
     args = with_packaged_recipes(args)
     refuse_secret_arguments(args)
     config = option_value(args, CONFIG_FLAGS)

@@ -23,6 +23,7 @@
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import inspect
 import json
@@ -78,6 +79,13 @@ def structured_builder(path: str) -> str | None:
     if suffixes and suffixes[-1] in COMPRESSION_SUFFIXES:
         suffixes = suffixes[:-1]
     return STRUCTURED_BUILDERS.get(suffixes[-1]) if suffixes else None
+
+
+def literal_paths(paths: list[str]) -> list[str]:
+    """`paths` as `datasets.load_dataset(data_files=)` must get them to read exactly those files: it expands
+    data_files as glob patterns, so `my docs/in[1].jsonl` would look for `in1.jsonl` (and fail with a bare
+    StopIteration); `[`, `]`, `*` and `?` are escaped."""
+    return [glob.escape(path) for path in paths]
 
 
 def digest(value: Any, length: int = 16) -> str:
@@ -516,4 +524,5 @@ class CorpusDataModule(TokenizerLinks, LightningDataModule):
 
 
 __all__ = ["CorpusDataModule", "TokenizerLinks", "cached_tokenizer", "parse_split", "digest", "file_stamp",
+           "literal_paths",
            "CACHE_FORMAT_VERSION", "LABEL_PAD_ID"]

@@ -33,6 +33,7 @@ from .corpus import (
     check_batching,
     check_int,
     digest,
+    literal_paths,
     parse_split,
     slug,
     structured_builder,
@@ -183,7 +184,8 @@ class LanguageModelingDataModule(CorpusDataModule):
         return "text" if files and structured_builder(files[0]) is None else self.text_column
 
     def load_files(self, name: str, paths: list[str], streaming: bool) -> datasets.Dataset:
-        return datasets.load_dataset(structured_builder(paths[0]) or "text", data_files={name: paths}, split=name)
+        return datasets.load_dataset(structured_builder(paths[0]) or "text", data_files={name: literal_paths(paths)},
+                                     split=name)
 
     def check_rows(self, raw: datasets.Dataset, split: str) -> None:
         column = self.text_column_of(split)

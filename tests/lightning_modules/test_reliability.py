@@ -247,3 +247,47 @@ def test_a_second_fit_into_a_run_directory_is_refused_and_a_dead_holders_lock_is
     assert third.returncode == 0, third.stderr.decode()[-3000:]
     assert json.loads((run / "fit.lock").read_text())["pid"] not in (first.pid, os.getpid())
     assert load_checkpoint_file(run / "checkpoints" / "last.ckpt")["global_step"] == 12
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# 5. Paths are paths
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def test_file_names_with_spaces_and_brackets_are_read_as_they_are_and_bad_names_name_the_argument(tmp_path):
+    import json
+
+    from lightning_modules.data import TranslationDataModule
+
+    folder = tmp_path / "my docs"
+    folder.mkdir()
+    # structured data_files: `datasets` expands them as glob patterns ("in[1]" would mean "in1")
+    rows = [{"de": f"satz {i}", "en": f"sentence {i}"} for i in range(30)]
+    for name in ("train[1].jsonl", "valid [*].jsonl"):
+        (folder / name).write_text("".join(json.dumps(row) + "\n" for row in rows))
+    data = TranslationDataModule(data_files={"train": str(folder / "train[1].jsonl"),
+                                             "validation": str(folder / "valid [*].jsonl")},
+                                 vocab_size=300, cache_dir=str(tmp_path / "cache"), batch_size=4, max_tokens=None)
+    data.setup("fit")
+    assert data.cleaning_report["train"]["total"] == 30 and data.cleaning_report["validation"]["total"] == 30
+
+    # predict_file: translated, the report names the file (it used to be parsed as a split: "not a split name")
+    config, run = tiny_run(tmp_path, "run")
+    assert run_bytes(["fit", "--config", write(tmp_path, "run", config)], tmp_path).returncode == 0
+    sources = folder / "in[1].txt"
+    sources.write_text("einundzwanzig\nsieben\n\nvierhundert\n")
+    result = run_bytes(["predict", "--ckpt_path", str(run / "checkpoints/last.ckpt"),
+                        "--data.init_args.predict_file", str(sources)], tmp_path)
+    assert result.returncode == 0, result.stderr.decode()[-3000:]
+    assert f"predict (predict_file {str(sources)!r}) cleaning report" in result.stderr.decode()
+    assert len((run / "predictions" / "last-in[1].txt").read_text().splitlines()) == 4
+
+    # a file name that is not UTF-8: refused naming the argument (it used to be `Parser key "data": 'utf-8' codec
+    # can't encode character '\udcff'`)
+    bad = os.fsdecode(bytes(tmp_path) + b"/in\xff.txt")
+    result = run_bytes(["predict", "--ckpt_path", str(run / "checkpoints/last.ckpt"),
+                        "--data.init_args.predict_file", bad], tmp_path)
+    stderr = result.stderr.decode()
+    assert result.returncode == 2
+    assert stderr.strip().splitlines()[-1].startswith(
+        "hf-transformer: --data.init_args.predict_file: the value b'") and "is not valid UTF-8 (byte b'\\xff')" in stderr
