@@ -224,21 +224,31 @@ def describe_vocabulary_change(old: dict[str, int] | None, new: dict[str, int]) 
 
 
 def materialize_tokenizer(files: dict[str, str]) -> Path:
-    """The tokenizer a checkpoint carries, written once into the cache (named by its content); its folder."""
+    """The tokenizer a checkpoint carries, written once into the cache (named by its content); its folder. A cached
+    copy whose files differ from `files` (damaged, edited) is written again."""
     key = hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()[:16]
     folder = cache_dir() / "tokenizers" / f"from-checkpoint-{key}"
-    if not (folder / "tokenizer.json").is_file():
+    if not all(cached_text(folder / Path(name).name) == text for name, text in files.items()):
         partial = folder.with_name(f"{folder.name}.partial-{os.getpid()}")
         shutil.rmtree(partial, ignore_errors=True)
         partial.mkdir(parents=True)
         for name, text in files.items():
             (partial / Path(name).name).write_text(text, encoding="utf-8")
         load_tokenizer(partial)  # refuse a damaged one before it is cached
+        shutil.rmtree(folder, ignore_errors=True)  # a damaged copy
         try:
             os.replace(partial, folder)
         except OSError:  # another process put it there first
             shutil.rmtree(partial, ignore_errors=True)
     return folder
+
+
+def cached_text(path: Path) -> str | None:
+    """The text of a cached file, None when it is missing or unreadable."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return None
 
 
 def read_run_record(path: str | os.PathLike) -> dict[str, Any] | None:

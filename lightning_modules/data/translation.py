@@ -42,6 +42,7 @@ from .corpus import (
     check_batching,
     check_int,
     digest,
+    drop_damaged_cache_file,
     file_stamp,
     literal_paths,
     parse_split,
@@ -609,6 +610,7 @@ class TranslationDataModule(CorpusDataModule):
                                   self.overlong], "is_train": is_train})
         cache_file = os.path.join(self.cache_dir, "tokenized", f"{self.short_name()}-{slug(split)}-{key}.arrow")
         os.makedirs(os.path.dirname(cache_file), exist_ok=True)
+        drop_damaged_cache_file(cache_file)
         encoded = raw.map(encode_pairs, batched=True, with_indices=True, fn_kwargs=self.encode_kwargs(layout, is_train),
                           remove_columns=raw.column_names, num_proc=self.num_proc if self.num_proc > 1 else None,
                           cache_file_name=cache_file, new_fingerprint=key, desc=f"tokenizing {role}")

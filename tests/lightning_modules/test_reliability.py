@@ -291,3 +291,64 @@ def test_file_names_with_spaces_and_brackets_are_read_as_they_are_and_bad_names_
     assert result.returncode == 2
     assert stderr.strip().splitlines()[-1].startswith(
         "hf-transformer: --data.init_args.predict_file: the value b'") and "is not valid UTF-8 (byte b'\\xff')" in stderr
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# 6. Cached artefacts are checked when loaded
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def test_a_truncated_cached_tokenizer_or_tokenized_split_is_named_and_rebuilt(tmp_path, caplog, monkeypatch):
+    import json
+    import logging
+
+    from lightning_modules.data import TranslationDataModule
+    from lightning_modules.runs import materialize_tokenizer, tokenizer_files, tokenizer_fingerprint
+
+    corpus = tmp_path / "train.jsonl"
+    corpus.write_text("".join(json.dumps({"de": f"ein satz nummer {i}", "en": f"sentence number {i}"}) + "\n"
+                              for i in range(200)))
+
+    def data() -> TranslationDataModule:
+        return TranslationDataModule(data_files={"train": str(corpus)}, vocab_size=300, batch_size=4,
+                                     max_tokens=None, cache_dir=str(tmp_path / "cache"))
+
+    original = data().tokenizer
+    folder = data().tokenizer_cache_path()
+    for damage in ("truncated", "emptied"):
+        cached = folder / "tokenizer.json"
+        text = cached.read_bytes()
+        cached.write_bytes(text[: len(text) // 2] if damage == "truncated" else b"")
+        with caplog.at_level(logging.WARNING, logger="lightning_modules"):
+            caplog.clear()
+            rebuilt = data().tokenizer
+        assert tokenizer_fingerprint(rebuilt) == tokenizer_fingerprint(original), damage
+        warning = " ".join(record.getMessage() for record in caplog.records)
+        assert f"the cached tokenizer {folder} is damaged and cannot be loaded" in warning, damage
+        assert "training it again" in warning
+        assert (folder / "tokenizer.json").read_bytes() == text
+
+    # a truncated tokenized split (datasets' cache file): named, removed, tokenized again
+    module = TranslationDataModule(data_files={"train": str(corpus), "validation": str(corpus)}, vocab_size=300,
+                                   batch_size=4, max_tokens=None, cache_dir=str(tmp_path / "cache"))
+    module.setup("fit")
+    expected = module.tokenized_split("train")["input_ids"]
+    arrow = sorted((tmp_path / "cache" / "tokenized").glob("train.jsonl-train-*.arrow"))[0]
+    half = arrow.with_name("half")  # a new file, renamed over: this process still maps the old one
+    half.write_bytes(arrow.read_bytes()[: arrow.stat().st_size // 2])
+    os.replace(half, arrow)
+    module = TranslationDataModule(data_files={"train": str(corpus), "validation": str(corpus)}, vocab_size=300,
+                                   batch_size=4, max_tokens=None, cache_dir=str(tmp_path / "cache"))
+    with caplog.at_level(logging.WARNING, logger="lightning_modules"):
+        caplog.clear()
+        module.setup("fit")
+    assert module.tokenized_split("train")["input_ids"] == expected
+    assert f"the cached file {arrow} is damaged and cannot be read" in caplog.text
+
+    # the copy of a checkpoint's tokenizer in the cache: damaged, it is written again from the checkpoint
+    monkeypatch.setenv("HF_TRANSFORMER_CACHE", str(tmp_path / "user-cache"))
+    files = tokenizer_files(original)
+    copy = materialize_tokenizer(files)
+    (copy / "tokenizer.json").write_text((copy / "tokenizer.json").read_text()[:100])
+    assert materialize_tokenizer(files) == copy
+    assert (copy / "tokenizer.json").read_text() == files["tokenizer.json"]
