@@ -28,7 +28,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveCon
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
 from . import callbacks, data  # noqa: F401  (imported: their classes go by their short names, `--data NAME`)
-from .checkpointing import AtomicCheckpointIO, load_checkpoint_file
+from .checkpointing import AtomicCheckpointIO, CheckpointLoadError, load_checkpoint_file
 from .redaction import HIDDEN, is_secret_name, redact_command, redact_config
 from .runs import (
     RunDirectoryInUse,
@@ -252,7 +252,10 @@ class TransformerCLI(LightningCLI):
         subcommand = self.config.get("subcommand")
         ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
         if ckpt_path and Path(ckpt_path).is_file():
-            hparams = load_checkpoint_file(ckpt_path, mmap=True).get("hyper_parameters") or {}
+            try:
+                hparams = load_checkpoint_file(ckpt_path, mmap=True).get("hyper_parameters") or {}
+            except CheckpointLoadError as error:  # damaged, or not what its checksum says: the file and the fix
+                parser.error(str(error))
             if "d_model" in hparams and "model_config" not in hparams:
                 parser.error(
                     f"--ckpt_path {ckpt_path} was written by an older version of the task modules, whose arguments "

@@ -4,7 +4,6 @@ logged, never raised, and training never waits for the network. Only global rank
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 import threading
 import time
@@ -19,7 +18,7 @@ from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_warn
 
 from ..redaction import HIDDEN, known_secrets, redact
-from .export import EXPORT_FOLDER_NAME, HFExportCallback, find_callback, run_dir
+from .export import EXPORT_FOLDER_NAME, HFExportCallback, find_callback, link_or_copy, run_dir
 
 log = logging.getLogger(__name__)
 
@@ -38,14 +37,6 @@ def folder_identity(folder: Path) -> tuple:
             stat = path.stat()
             entries.append((str(path.relative_to(folder)), stat.st_size, stat.st_mtime_ns))
     return tuple(entries)
-
-
-def link_or_copy(source: str, destination: str) -> None:
-    """Hard-link (instant; safe because exports never rewrite a file in place), else copy."""
-    try:
-        os.link(source, destination)
-    except OSError:
-        shutil.copy2(source, destination)
 
 
 class HubPushCallback(Callback):

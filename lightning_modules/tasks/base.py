@@ -36,6 +36,7 @@ from lightning.pytorch.trainer.states import TrainerFn
 from transformers import PreTrainedModel
 
 from hf_transformer import VaswaniConfig
+from hf_transformer.integrity import verify_manifest
 
 from ..callbacks.curves import LearningCurves
 from ..callbacks.nonfinite import NonFiniteLossGuard
@@ -174,6 +175,8 @@ class TaskModule(LightningModule):
         if not 0.0 <= label_smoothing < 1.0:
             raise ValueError(f"`label_smoothing` must be in [0, 1), got {label_smoothing!r}.")
         if pretrained is not None:
+            if os.path.isdir(pretrained):
+                verify_manifest(pretrained)  # an exported folder: every file as it was written
             model_config = {**pretrained_fields(pretrained), **read_model_config(model_config)}
         fields = self.model_fields(model_config, tokenizer_fields)
         self.save_hyperparameters(ignore=RUNTIME_ARGUMENTS)

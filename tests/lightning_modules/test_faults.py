@@ -320,7 +320,7 @@ def test_a_full_disk_stops_with_a_clear_error_and_keeps_the_previous_checkpoint(
     assert last_line.startswith("lightning_modules.checkpointing.CheckpointSaveError: [Errno 27] Could not write "
                                 f"checkpoint {folder / 'step=4.ckpt'}: File too large. Fix: free space"), last_line
     assert "ulimit -f" in last_line and "The previous step=4.ckpt (if any) is unchanged" in last_line
-    assert sorted(p.name for p in folder.iterdir()) == ["last.ckpt", "step=2.ckpt"]  # no temporary file left
+    assert sorted(p.name for p in folder.iterdir()) == ["last.ckpt", "last.ckpt.sha256", "step=2.ckpt", "step=2.ckpt.sha256"]  # no temporary file left
     for name in ("last.ckpt", "step=2.ckpt"):
         checkpoint = load_checkpoint_file(folder / name)
         assert checkpoint["global_step"] == 2 and checkpoint["state_dict"]
@@ -362,7 +362,7 @@ def test_an_unwritable_checkpoint_folder_stops_with_a_clear_error_and_keeps_the_
         message = str(raised.value)
         assert f"Could not write checkpoint {folder / 'step=4.ckpt'}:" in message
         assert f"Fix: make {folder} writable for this user" in message and "default_root_dir" in message
-        assert sorted(p.name for p in folder.iterdir()) == ["last.ckpt", "step=2.ckpt"]
+        assert sorted(p.name for p in folder.iterdir()) == ["last.ckpt", "last.ckpt.sha256", "step=2.ckpt", "step=2.ckpt.sha256"]
         assert load_checkpoint_file(folder / "last.ckpt")["global_step"] == 2
         # the plugin on its own, any file name: same error, nothing changed
         with pytest.raises(CheckpointSaveError, match=rf"{folder / 'other.ckpt'}.*Fix: make {folder} writable"):
@@ -380,7 +380,7 @@ def test_a_checkpoint_save_cleans_up_temporary_files_of_a_killed_save(tmp_path):
     other = tmp_path / ".step=5.ckpt.tmp-0123456789ab"  # another file's: not ours to delete
     other.write_bytes(b"x")
     io.save_checkpoint({"global_step": 2}, path)
-    assert sorted(p.name for p in tmp_path.iterdir()) == [other.name, "last.ckpt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [other.name, "last.ckpt", "last.ckpt.sha256"]
     assert load_checkpoint_file(path)["global_step"] == 2
 
 

@@ -352,3 +352,74 @@ def test_a_truncated_cached_tokenizer_or_tokenized_split_is_named_and_rebuilt(tm
     (copy / "tokenizer.json").write_text((copy / "tokenizer.json").read_text()[:100])
     assert materialize_tokenizer(files) == copy
     assert (copy / "tokenizer.json").read_text() == files["tokenizer.json"]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# 7. Integrity: checksums written with every checkpoint and export, checked by the project's loaders
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def flip_byte(path: Path, offset: int) -> None:
+    data = bytearray(path.read_bytes())
+    data[offset] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+def test_one_flipped_byte_in_a_checkpoint_or_an_exported_safetensors_is_caught(tmp_path):
+    import shutil
+
+    import torch
+    from safetensors import safe_open
+    from test_callbacks import TinyDataModule, TinyTranslationModule, make_trainer
+    from transformers import AutoModelForSeq2SeqLM
+
+    import hf_transformer  # noqa: F401  (registers the Auto classes)
+    from hf_transformer.integrity import MANIFEST, ChecksumMismatchError, verify_manifest
+    from hf_transformer.translation import load_translator
+    from lightning_modules.callbacks import HFExportCallback
+    from lightning_modules.checkpointing import AtomicCheckpointIO, CheckpointLoadError, load_checkpoint_file
+    from lightning_modules.tasks import TranslationModule
+
+    export = HFExportCallback(dirpath=str(tmp_path / "hf_model"), monitor="val/loss", mode="min")
+    trainer = make_trainer(tmp_path, [export], max_steps=2, checkpointing=False)
+    trainer.fit(TinyTranslationModule(), TinyDataModule())
+    checkpoint = tmp_path / "checkpoints" / "last.ckpt"
+    trainer.save_checkpoint(checkpoint)  # through AtomicCheckpointIO: with last.ckpt.sha256
+    assert isinstance(trainer.strategy.checkpoint_io, AtomicCheckpointIO)
+    assert (checkpoint.parent / "last.ckpt.sha256").read_text().split() == [
+        __import__("hashlib").sha256(checkpoint.read_bytes()).hexdigest(), "last.ckpt"]
+    reference = load_checkpoint_file(checkpoint)
+
+    # a byte inside a tensor's data: torch loads it as another weight; the checksum refuses it
+    name, tensor = next((k, v) for k, v in reference["state_dict"].items() if v.numel() > 100)
+    data = checkpoint.read_bytes()
+    offset = data.find(tensor.numpy().tobytes()[:64]) + 40
+    assert offset > 40
+    flip_byte(checkpoint, offset)
+    changed = torch.load(checkpoint, weights_only=True)["state_dict"][name]
+    assert not torch.equal(changed, tensor)  # what the manifest is for
+    for load in (load_checkpoint_file, AtomicCheckpointIO().load_checkpoint):
+        with pytest.raises(CheckpointLoadError, match=f"Checkpoint {checkpoint} does not match its checksum: its "
+                           r"sha256 is [0-9a-f]{16}\.\.\., but last.ckpt.sha256 recorded"):
+            load(checkpoint)
+
+    # exports: checksums.sha256 lists every file; from_pretrained still loads the folder
+    folder = tmp_path / "hf_model_last"
+    listed = (folder / MANIFEST).read_text().splitlines()
+    assert {line.split("  ")[1] for line in listed} == {p.name for p in folder.iterdir()} - {MANIFEST}
+    assert verify_manifest(folder)
+    AutoModelForSeq2SeqLM.from_pretrained(folder)
+    damaged = tmp_path / "damaged"
+    shutil.copytree(folder, damaged)
+    with safe_open(str(damaged / "model.safetensors"), "pt") as weights:
+        first = weights.get_tensor(sorted(weights.keys())[0])
+    data = (damaged / "model.safetensors").read_bytes()
+    flip_byte(damaged / "model.safetensors", data.find(first.numpy().tobytes()[:64]) + 40)
+    AutoModelForSeq2SeqLM.from_pretrained(damaged)  # plain from_pretrained: loads, silently other weights
+    message = (f"The folder {str(damaged)!r} is damaged: model.safetensors has sha256 [0-9a-f]{{16}}\\.\\.\\., but "
+               f"{MANIFEST} recorded")
+    for load in (lambda: TranslationModule(pretrained=str(damaged)),
+                 lambda: load_translator(str(damaged), "pytorch", "default", "cpu")):
+        with pytest.raises(ChecksumMismatchError, match=message):
+            load()
+    TranslationModule(pretrained=str(folder))  # the undamaged folder loads
