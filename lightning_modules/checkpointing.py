@@ -243,12 +243,12 @@ def load_checkpoint_file(path: PathLike, map_location: Any = "cpu", mmap: bool =
 
     Raises:
         FileNotFoundError: no such file.
-        CheckpointLoadError: the file is truncated/corrupt, or holds objects that `weights_only=True` refuses.
+        CheckpointLoadError: the file is truncated/corrupt, holds objects that `weights_only=True` refuses, or is not
+            what its checksum file (`<name>.ckpt.sha256`) recorded.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"Checkpoint file not found: {path}")
-    verify_checkpoint(path)
     try:
         checkpoint = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except Exception as error:  # torch raises OSError, EOFError, KeyError, RuntimeError... for damaged files
@@ -266,6 +266,7 @@ def load_checkpoint_file(path: PathLike, map_location: Any = "cpu", mmap: bool =
         ) from error
     if not isinstance(checkpoint, dict):
         raise CheckpointLoadError(f"Checkpoint {path} holds a {type(checkpoint).__name__}, not a checkpoint dict.")
+    verify_checkpoint(path)  # after the load: a truncated file is reported as such
     return checkpoint
 
 
