@@ -248,14 +248,15 @@ def check_run(result: subprocess.CompletedProcess) -> None:
 
 
 def print_report(report: dict) -> None:
-    print(f"\n{'seg':>3} {'kill point':<17} {'args':<22} {'resumed':>7} {'killed@':>7} {'lost':>4} {'diverged':>8} "
-          f"{'hf ok':>5}")
+    print(f"\n{'seg':>3} {'kill point':<17} {'args':<22} {'resumed':>7} {'killed@':>7} {'stopped@':>8} {'lost':>4} "
+          f"{'diverged':>8} {'hf ok':>5}")
     for row in report["segments"]:
         kill = row["kill"] or {"point": "(runs to the end)"}
         args = ",".join(f"{k}={v}" for k, v in kill.items() if k != "point")
         lost = len(row["checkpoints_lost"]) + len(row["checkpoints_unloadable"])
         print(f"{row['segment']:>3} {kill['point']:<17} {args:<22} {row['resumed_from_step']:>7} "
-              f"{row.get('killed_at_step', '')!s:>7} {lost:>4} {len(row['diverged_steps']):>8} "
+              f"{row.get('killed_at_step', '')!s:>7} {row.get('stopped_at_step', '')!s:>8} {lost:>4} "
+              f"{len(row['diverged_steps']):>8} "
               f"{row['hf_folder_loads']!s:>5}")
     print(f"kills injected {report['kills_injected']}, survived {report['kills_survived']}, checkpoints lost "
           f"{report['checkpoints_lost']}, diverged runs {report['diverged_runs']}, final weights bitwise equal "
