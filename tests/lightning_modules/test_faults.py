@@ -5,7 +5,10 @@
   every `*.ckpt` loads with `weights_only=True`, the newest complete checkpoint never goes back, the HF folder
   loads with `from_pretrained`; the run resumes from the newest complete checkpoint and logs bitwise the losses of
   an uninterrupted run; at the end the exported weights equal the uninterrupted run's, bit for bit.
-  Two kills run by default; the seeded campaign (20+ kills, a table and a JSON report) is marked slow.
+- SIGTERM (preemption) inside a step or at a random time: the run stops itself at the end of the step with last.ckpt
+  there and exit status 143; the next segment resumes from that step, losses bit for bit.
+  Five kills (two SIGTERMs) run by default; the seeded campaign (20+ kills and SIGTERMs mixed, a table and a JSON
+  report) is marked slow.
 - A disk that fills up (RLIMIT_FSIZE) and a checkpoint folder that stops being writable: a clear error naming the
   file and the fix, the previous checkpoint intact.
 - A Hub that refuses the token (403) or hangs (slow): training finishes, pushes are retried with backoff or abandoned
