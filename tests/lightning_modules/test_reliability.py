@@ -117,6 +117,13 @@ def test_a_resume_with_another_corpus_or_model_is_refused_naming_what_differs(tm
     assert f"--ckpt_path {last} resumes a run whose model was configured otherwise: model_config.d_model: 32 in " \
            "the checkpoint, 48 now." in stderr
 
+    # `--ckpt_path last` (Lightning finds the file): compared when the checkpoint is loaded, before any step
+    result = run_bytes(["fit", "--config", write(tmp_path, "wider", wider), "--ckpt_path", "last"], tmp_path)
+    stderr = result.stderr.decode()
+    assert result.returncode == 1, stderr[-3000:]
+    assert f"ResumeMismatchError: Checkpoint {last} holds another model than the one configured now: d_model: 32 " \
+           "in the checkpoint, 48 now." in stderr
+
     # the same configuration resumes
     same, _ = tiny_run(tmp_path, "run", steps=12)
     result = run_bytes(["fit", "--config", write(tmp_path, "same", same), "--ckpt_path", str(last)], tmp_path)
