@@ -18,11 +18,10 @@ import json
 import os
 import shutil
 import socket
-import sys
 import time
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from hf_transformer import load_tokenizer
 
@@ -111,7 +110,7 @@ class RunLock:
     that holds the lock already gets it again (`held`).
     """
 
-    held: dict[str, "RunLock"] = {}  # realpath of the run directory -> the lock this process holds
+    held: ClassVar[dict[str, RunLock]] = {}  # realpath of the run directory -> the lock this process holds
 
     def __init__(self, run_dir: str | os.PathLike, command: str = "") -> None:
         self.run_dir = Path(run_dir)
@@ -119,7 +118,7 @@ class RunLock:
         self.command = command
         self.fd: int | None = None
 
-    def acquire(self) -> "RunLock":
+    def acquire(self) -> RunLock:
         key = os.path.realpath(self.run_dir)
         holder = RunLock.held.get(key)
         if holder is not None:  # this process holds it already

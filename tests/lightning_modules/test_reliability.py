@@ -183,7 +183,7 @@ def test_sigterm_mid_epoch_writes_a_resumable_checkpoint_exports_nothing_and_res
     proc = start_fit(write(tmp_path, "interrupted", interrupted), tmp_path)
     wait_for(marker, proc)
     proc.send_signal(signal.SIGTERM)  # as SLURM or Kubernetes do
-    stdout, stderr = proc.communicate(timeout=300)
+    _, stderr = proc.communicate(timeout=300)
     assert proc.returncode == 128 + signal.SIGTERM, stderr[-3000:]
     last = run / "checkpoints" / "last.ckpt"
     message = (f"hf-transformer: Training interrupted by SIGTERM at step 12: wrote the resumable checkpoint {last}; "
@@ -340,7 +340,7 @@ def test_a_truncated_cached_tokenizer_or_tokenized_split_is_named_and_rebuilt(tm
                                    batch_size=4, max_tokens=None, cache_dir=str(tmp_path / "cache"))
     module.setup("fit")
     expected = module.tokenized_split("train")["input_ids"]
-    arrow = sorted((tmp_path / "cache" / "tokenized").glob("train.jsonl-train-*.arrow"))[0]
+    arrow = min((tmp_path / "cache" / "tokenized").glob("train.jsonl-train-*.arrow"))
     half = arrow.with_name("half")  # a new file, renamed over: this process still maps the old one
     half.write_bytes(arrow.read_bytes()[: arrow.stat().st_size // 2])
     os.replace(half, arrow)
@@ -419,7 +419,7 @@ def test_one_flipped_byte_in_a_checkpoint_or_an_exported_safetensors_is_caught(t
     damaged = tmp_path / "damaged"
     shutil.copytree(folder, damaged)
     with safe_open(str(damaged / "model.safetensors"), "pt") as weights:
-        first = weights.get_tensor(sorted(weights.keys())[0])
+        first = weights.get_tensor(min(weights.keys()))
     data = (damaged / "model.safetensors").read_bytes()
     flip_byte(damaged / "model.safetensors", data.find(first.numpy().tobytes()[:64]) + 40)
     AutoModelForSeq2SeqLM.from_pretrained(damaged)  # plain from_pretrained: loads, silently other weights
