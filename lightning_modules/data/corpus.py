@@ -185,7 +185,7 @@ def cached_tokenizer(folder: Path, train: Callable[[], PreTrainedTokenizerFast])
         if folder.exists():
             try:
                 tokenizer = load_tokenizer(folder)
-                logger.info("loaded the cached tokenizer from %s", folder)
+                logger.info("loading the cached tokenizer from %s", folder)
                 return tokenizer
             except Exception as error:  # tokenizers / json / transformers raise many kinds for a damaged file
                 logger.warning("the cached tokenizer %s is damaged and cannot be loaded (%s: %s); removing it and "
