@@ -430,3 +430,38 @@ def test_one_flipped_byte_in_a_checkpoint_or_an_exported_safetensors_is_caught(t
         with pytest.raises(ChecksumMismatchError, match=message):
             load()
     TranslationModule(pretrained=str(folder))  # the undamaged folder loads
+
+
+def test_ctrl_c_stops_like_sigterm_and_a_second_one_interrupts_at_once(tmp_path):
+    """SIGINT (Ctrl+C) in the middle of a step (a plain LightningModule with the callback given: every task module
+    has it by default): the step finishes, last.ckpt holds it, `TrainingInterrupted` with
+    exit code 130; a second SIGINT before the stop raises KeyboardInterrupt (Lightning's own shutdown)."""
+    import lightning.pytorch as L
+    from test_callbacks import TinyDataModule, TinyTranslationModule, make_trainer
+
+    from lightning_modules.callbacks import PreemptionCheckpoint, TrainingInterrupted
+    from lightning_modules.checkpointing import load_checkpoint_file
+
+    class CtrlC(L.Callback):
+        def __init__(self, times: int) -> None:
+            self.times = times
+
+        def on_after_backward(self, trainer, pl_module) -> None:
+            if trainer.global_step == 2:
+                for _ in range(self.times):
+                    os.kill(os.getpid(), signal.SIGINT)
+
+    trainer = make_trainer(tmp_path / "once", [CtrlC(1), PreemptionCheckpoint()], max_steps=6, val_every=100)
+    with pytest.raises(TrainingInterrupted, match="Training interrupted by SIGINT at step 3: wrote the resumable "
+                       "checkpoint") as raised:
+        trainer.fit(TinyTranslationModule(), TinyDataModule())
+    assert raised.value.exit_code == 130 and load_checkpoint_file(raised.value.checkpoint)["global_step"] == 3
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # given back
+
+    trainer = make_trainer(tmp_path / "twice", [CtrlC(2), PreemptionCheckpoint()], max_steps=6, val_every=100)
+    try:
+        with pytest.raises(SystemExit):  # Lightning: "Detected KeyboardInterrupt, attempting graceful shutdown"
+            trainer.fit(TinyTranslationModule(), TinyDataModule())
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # Lightning ignores SIGINT after its shutdown
+    assert not (tmp_path / "twice" / "checkpoints" / "last.ckpt").exists()
