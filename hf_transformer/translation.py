@@ -29,6 +29,7 @@ import torch
 from transformers import AutoModelForSeq2SeqLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 from transformers.utils import logging as transformers_logging
 
+from .integrity import verify_manifest
 from .pipeline_vaswani import (
     EXTRA_OUTPUT_TOKENS,
     TASK,
@@ -196,6 +197,8 @@ def load_translator(model: str, backend: str, compute_type: str, device: str) ->
         raise ValueError(f"{model!r} is a CTranslate2 folder: translate it with --backend ctranslate2")
     if compute_type != "default":
         raise ValueError("--compute-type is a CTranslate2 setting: add --backend ctranslate2")
+    if Path(model).is_dir():
+        verify_manifest(model)  # an exported folder: every file as it was written (checksums.sha256)
     loaded = AutoModelForSeq2SeqLM.from_pretrained(model)
     device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
     return loaded.to(device).eval(), AutoTokenizer.from_pretrained(model)

@@ -7,7 +7,9 @@ lightning/fabric/utilities/cloud_io.py): `TorchCheckpointIO.save_checkpoint` ser
 /tmp is another filesystem that move is a copy straight into the target (a crash mid-copy leaves a truncated
 checkpoint), and nothing is fsynced, so a power cut can leave an empty file behind a completed rename.
 `AtomicCheckpointIO` writes a hidden temporary file in the target's own directory, fsyncs it, `os.replace`s it onto
-the target and fsyncs the directory: a reader sees the old file or the new one, never part of one.
+the target and fsyncs the directory: a reader sees the old file or the new one, never part of one. Next to every
+checkpoint it keeps `<name>.ckpt.sha256` (sha256sum's format), which `load_checkpoint_file` checks: torch's format has
+no checksum of its data, so a flipped byte inside a tensor would load as another weight.
 
 `ModelCheckpoint(save_last=True)` writes `last.ckpt` through `trainer.save_checkpoint`, i.e. through this plugin,
 so it is atomic too. `save_last="link"` is not: `ModelCheckpoint._link_checkpoint` removes `last.ckpt` and then
@@ -39,6 +41,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import functools
 import glob
 import os
 import pickle
@@ -54,6 +57,7 @@ from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from transformers import PreTrainedModel
 
 import hf_transformer
+from hf_transformer.integrity import file_sha256, read_manifest
 
 PathLike = str | os.PathLike
 
@@ -128,18 +132,48 @@ def temporary_sibling(path: Path, kind: str = "tmp") -> Path:
     return path.with_name(f".{path.name}.{kind}-{uuid.uuid4().hex[:12]}")
 
 
+CHECKSUM_SUFFIX = ".sha256"
+
+
+def checksum_file(path: PathLike) -> Path:
+    """The checksum file of a checkpoint: `last.ckpt` -> `last.ckpt.sha256` (sha256sum's format)."""
+    path = Path(path)
+    return path.with_name(path.name + CHECKSUM_SUFFIX)
+
+
+def write_text_atomically(path: Path, text: str) -> None:
+    tmp = temporary_sibling(path)
+    with open(tmp, "w", encoding="utf-8") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+def recorded_checksums(path: Path) -> list[str]:
+    """The checksums `path`'s checksum file lists for it (none when it has no readable one)."""
+    try:
+        return read_manifest(checksum_file(path)).get(path.name, [])
+    except (OSError, UnicodeDecodeError):
+        return []
+
+
 def atomic_torch_save(obj: Any, path: PathLike) -> None:
-    """`torch.save(obj)` into a temporary file in the same directory, fsync it, then `os.replace` it onto `path`.
+    """`torch.save(obj)` into a temporary file in the same directory, fsync it, then `os.replace` it onto `path`,
+    with its sha256 in `<path>.sha256`.
 
     On any error the temporary file is removed and the previous `path` (if any) is left untouched; a write that
     fails for lack of room or permission raises `CheckpointSaveError` naming the file and the fix. Temporary files
-    of `path` left by a process killed while saving are removed first.
+    of `path` left by a process killed while saving are removed first. The checksum file always vouches for the
+    file in place: before the rename it lists the new checksum and the old one, after it only the new one
+    (`load_checkpoint_file` accepts either), so a kill at any point leaves a file that matches it.
     """
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        for stale in path.parent.glob(f".{glob.escape(path.name)}.tmp-*"):  # a save killed half-way (SIGKILL)
-            stale.unlink(missing_ok=True)
+        for pattern in (f".{glob.escape(path.name)}.tmp-*", f".{glob.escape(checksum_file(path).name)}.tmp-*"):
+            for stale in path.parent.glob(pattern):  # a save killed half-way (SIGKILL)
+                stale.unlink(missing_ok=True)
         tmp = temporary_sibling(path)
         # os.open with 0o666 lets the umask decide the permissions, as a plain open() would (mkstemp forces 0o600)
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
@@ -150,6 +184,11 @@ def atomic_torch_save(obj: Any, path: PathLike) -> None:
             torch.save(obj, handle)
             handle.flush()
             os.fsync(handle.fileno())
+        checksum = file_sha256(tmp)
+        # what the file in place may be until the rename (a file saved without a checksum file: hashed now)
+        previous = (recorded_checksums(path) or [file_sha256(path)]) if path.is_file() else []
+        write_text_atomically(checksum_file(path), "".join(f"{value}  {path.name}\n"
+                                                           for value in [checksum, *previous]))
         os.replace(tmp, path)
     except BaseException as error:
         tmp.unlink(missing_ok=True)
@@ -158,6 +197,10 @@ def atomic_torch_save(obj: Any, path: PathLike) -> None:
             raise save_error(path, os_error) from error
         raise
     fsync_directory(path.parent)
+    try:
+        write_text_atomically(checksum_file(path), f"{checksum}  {path.name}\n")
+    except OSError:
+        pass  # the file in place still lists the new checksum
 
 
 def weights_only_failure(error: BaseException) -> str | None:
@@ -172,12 +215,36 @@ def weights_only_failure(error: BaseException) -> str | None:
     return reason
 
 
+@functools.lru_cache(maxsize=64)
+def checksum_of(path: str, size: int, mtime_ns: int, inode: int) -> str:
+    """sha256 of a file, remembered while its size, modification time and inode stay the same (the CLI reads one
+    checkpoint several times)."""
+    return file_sha256(path)
+
+
+def verify_checkpoint(path: Path) -> None:
+    """Refuse a checkpoint whose sha256 is not the one its `.sha256` file recorded when it was written (a checkpoint
+    without one, older or written by another plugin, is not checked)."""
+    expected = recorded_checksums(path)
+    if not expected:
+        return
+    stat = path.stat()
+    actual = checksum_of(str(path.resolve()), stat.st_size, stat.st_mtime_ns, stat.st_ino)
+    if actual not in expected:
+        raise CheckpointLoadError(
+            f"Checkpoint {path} does not match its checksum: its sha256 is {actual[:16]}..., but "
+            f"{checksum_file(path).name} recorded {expected[0][:16]}... when it was written, so the file changed since "
+            "(a disk or copy error, or an edit) and may load as other weights. Resume or evaluate from another "
+            "checkpoint of the run, or copy this one again from its source.")
+
+
 def load_checkpoint_file(path: PathLike, map_location: Any = "cpu", mmap: bool = False) -> dict[str, Any]:
     """`torch.load(path, weights_only=True)` with errors that name the file and say what is wrong.
 
     Raises:
         FileNotFoundError: no such file.
-        CheckpointLoadError: the file is truncated/corrupt, or holds objects that `weights_only=True` refuses.
+        CheckpointLoadError: the file is truncated/corrupt, holds objects that `weights_only=True` refuses, or is not
+            what its checksum file (`<name>.ckpt.sha256`) recorded.
     """
     path = Path(path)
     if not path.is_file():
@@ -199,6 +266,7 @@ def load_checkpoint_file(path: PathLike, map_location: Any = "cpu", mmap: bool =
         ) from error
     if not isinstance(checkpoint, dict):
         raise CheckpointLoadError(f"Checkpoint {path} holds a {type(checkpoint).__name__}, not a checkpoint dict.")
+    verify_checkpoint(path)  # after the load: a truncated file is reported as such
     return checkpoint
 
 
@@ -235,6 +303,12 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             super().save_checkpoint(checkpoint, path)
             return
         atomic_torch_save(checkpoint, local_path(path))
+
+    def remove_checkpoint(self, path: PathLike) -> None:
+        """Remove a checkpoint (ModelCheckpoint's top-k rotation) and its checksum file."""
+        super().remove_checkpoint(path)
+        if is_local_path(path):
+            checksum_file(local_path(path)).unlink(missing_ok=True)
 
     def load_checkpoint(
         self,
@@ -352,6 +426,7 @@ __all__ = [
     "CheckpointLoadError",
     "CheckpointSaveError",
     "atomic_torch_save",
+    "checksum_file",
     "fsync_directory",
     "describe_model",
     "load_checkpoint_file",

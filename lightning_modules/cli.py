@@ -28,9 +28,18 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveCon
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
 from . import callbacks, data  # noqa: F401  (imported: their classes go by their short names, `--data NAME`)
-from .checkpointing import AtomicCheckpointIO, load_checkpoint_file
-from .redaction import redact_config
-from .runs import materialize_tokenizer, packaged_recipes, read_run_record, resolve_recipe, run_dir_of
+from .checkpointing import AtomicCheckpointIO, CheckpointLoadError, load_checkpoint_file
+from .redaction import HIDDEN, is_secret_name, redact_command, redact_config
+from .runs import (
+    RunDirectoryInUse,
+    RunLock,
+    is_first_process,
+    materialize_tokenizer,
+    packaged_recipes,
+    read_run_record,
+    resolve_recipe,
+    run_dir_of,
+)
 from .tasks.translation import TranslationModule
 
 SUBCOMMANDS = ("fit", "validate", "test", "predict")
@@ -110,11 +119,84 @@ def missing_data_message(subcommand: str) -> str:
                "module comes with it." if subcommand in EVALUATION_SUBCOMMANDS else ""))
 
 
+def secret_keys(value: object, path: str = "") -> list[str]:
+    """The dotted keys of `value` (parsed YAML: dicts and lists) whose name says token and that hold a value."""
+    found = []
+    if isinstance(value, dict):
+        for key, item in value.items():
+            where = f"{path}.{key}" if path else str(key)
+            if is_secret_name(key) and item not in (None, "", HIDDEN):  # a saved config.yaml says ***
+                found.append(where)
+            else:
+                found.extend(secret_keys(item, where))
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            found.extend(secret_keys(item, f"{path}[{index}]"))
+    return found
+
+
+def secret_arguments(args: list[str]) -> list[str]:
+    """Where `args` carry a token (never the token itself): `--x.token VALUE` / `--x.token=VALUE` arguments, and
+    `token` keys of config files, YAML strings and inline dicts (`--trainer.callbacks '{...token: ...}'`)."""
+    found = []
+    for index, arg in enumerate(args):
+        name, equals, value = arg.partition("=")
+        if name.startswith("-") and is_secret_name(name):
+            found.append(f"argument {name}")
+            continue
+        flag = name if name.startswith("-") and equals else args[index - 1] if index else ""
+        text = value if name.startswith("-") and equals else arg
+        is_config = flag in CONFIG_FLAGS
+        if not (is_config or text.lstrip()[:1] in ("{", "[")):
+            continue
+        is_file = is_config and "\n" not in text and Path(text).is_file()
+        try:
+            parsed = yaml.safe_load(Path(text).read_text(encoding="utf-8") if is_file else text)
+        except (OSError, UnicodeDecodeError, yaml.YAMLError):
+            continue  # the parser reports an unreadable or malformed config
+        where = f"config file {text}" if is_file else f"the YAML value of {flag or 'an argument'}"
+        found.extend(f"{where}: key {key}" for key in secret_keys(parsed))
+    return found
+
+
+def refuse_secret_arguments(args: list[str]) -> None:
+    """Exit (status 2) when the command line or a config file gives a Hub token: it would be printed by
+    `--print_config`, by the parser's errors and by tracebacks, and it sits in shell history and the process list.
+    The message names where the token is, never the token."""
+    found = secret_arguments(args)
+    if found:
+        print(f"hf-transformer: a Hub token was given on the command line ({'; '.join(found)}). Tokens are never taken "
+              "from the command line or from config files: they would be printed by --print_config and by error "
+              "messages, and kept in shell history. Remove it, and set the HF_TOKEN environment variable (or log in "
+              "once with `hf auth login`, the Hugging Face credential store): HubPushCallback uses that.",
+              file=sys.stderr)
+        sys.exit(2)
+
+
+def refuse_undecodable_arguments(args: list[str]) -> None:
+    """Exit (status 2) naming the argument when one holds bytes that are not UTF-8 (a file name from another
+    encoding reaches Python as surrogate escapes, which the parser and YAML cannot carry)."""
+    for index, arg in enumerate(args):
+        try:
+            arg.encode("utf-8")
+        except UnicodeEncodeError as error:
+            name, equals, value = arg.partition("=")
+            flag = name if name.startswith("-") and equals else args[index - 1] if index and \
+                args[index - 1].startswith("-") else f"argument {index + 1}"
+            shown = os.fsencode(value if name.startswith("-") and equals else arg)
+            print(f"hf-transformer: {flag}: the value {shown!r} is not valid UTF-8 (byte "
+                  f"{os.fsencode(arg[error.start:error.end])!r}); file names must be UTF-8: rename the file (e.g. "
+                  "`convmv -f latin1 -t utf8 --notest FILE`) or link it under a UTF-8 name.", file=sys.stderr)
+            sys.exit(2)
+
+
 def prepare_arguments(args: list[str]) -> tuple[list[str], str | None]:
     """The command line as LightningCLI parses it (packaged recipes by name, the checkpoint's own configuration),
     and the recipe name that names the default run directory. Exits with a clear message when a subcommand has no
-    data module at all."""
+    data module at all, or when an argument gives a Hub token (`refuse_secret_arguments`)."""
+    refuse_undecodable_arguments(args)
     args = with_packaged_recipes(args)
+    refuse_secret_arguments(args)
     config = option_value(args, CONFIG_FLAGS)
     recipe = Path(config[1]).stem if config is not None and Path(config[1]).is_file() else None
     position = next((i for i, arg in enumerate(args) if arg in SUBCOMMANDS), None)
@@ -131,6 +213,31 @@ def prepare_arguments(args: list[str]) -> tuple[list[str], str | None]:
     return [*args[:position], subcommand, *rest], recipe
 
 
+def configuration_changes(model: object, hparams: dict) -> list[str]:
+    """How the model given now (the parsed `model` section: class_path and init_args) differs from the checkpoint's
+    hyper-parameters (`hparams`): VaswaniConfig fields of the resolved model configuration, then the task's other
+    arguments. Empty for a model class that is not one of the task modules."""
+    import importlib
+
+    from .tasks.base import TaskModule, model_differences, pretrained_fields, read_model_config
+
+    module_name, _, name = str(model.class_path).rpartition(".")
+    task = getattr(importlib.import_module(module_name), name, None)
+    if not (isinstance(task, type) and issubclass(task, TaskModule)):
+        return []
+    init_args = model.init_args.as_dict() if hasattr(model.init_args, "as_dict") else dict(model.init_args or {})
+    given = read_model_config(init_args.get("model_config"))
+    if init_args.get("pretrained"):
+        given = {**pretrained_fields(init_args["pretrained"]), **given}
+    fields = {**task.default_model_fields, **given, **task.fixed_model_fields}
+    changes = [f"model_config.{change}" for change in model_differences(hparams.get("model_config") or {}, fields)]
+    for key, value in hparams.items():
+        if key not in ("model_config", "tokenizer_fields") and not key.startswith("_") and key in init_args \
+                and init_args[key] != value:
+            changes.append(f"{key}: {value!r} in the checkpoint, {init_args[key]!r} now")
+    return changes
+
+
 class TransformerCLI(LightningCLI):
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.set_defaults({"model": {"class_path": f"{TranslationModule.__module__}.{TranslationModule.__name__}"}})
@@ -145,7 +252,10 @@ class TransformerCLI(LightningCLI):
         subcommand = self.config.get("subcommand")
         ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
         if ckpt_path and Path(ckpt_path).is_file():
-            hparams = load_checkpoint_file(ckpt_path, mmap=True).get("hyper_parameters") or {}
+            try:
+                hparams = load_checkpoint_file(ckpt_path, mmap=True).get("hyper_parameters") or {}
+            except CheckpointLoadError as error:  # damaged, or not what its checksum says: the file and the fix
+                parser.error(str(error))
             if "d_model" in hparams and "model_config" not in hparams:
                 parser.error(
                     f"--ckpt_path {ckpt_path} was written by an older version of the task modules, whose arguments "
@@ -153,12 +263,27 @@ class TransformerCLI(LightningCLI):
                     "cannot be resumed or tested with this version. Export its weights with that version, or train "
                     "again (the recipes now give the model's VaswaniConfig fields under model.model_config)."
                 )
+            changes = configuration_changes(self.config.fit.model, hparams) if subcommand == "fit" else []
+            if changes:  # Lightning would replace them silently with the checkpoint's values
+                from .tasks.base import start_fresh_advice
+
+                parser.error(
+                    f"--ckpt_path {ckpt_path} resumes a run whose model was configured otherwise: "
+                    f"{'; '.join(changes)}. A resume continues the same run with the same model: give the run's own "
+                    "configuration (its config.yaml is in the run's csv/version_N/), or leave these out. "
+                    + start_fresh_advice(ckpt_path))
 
     def before_instantiate_classes(self) -> None:
         """The run directory, when nothing set it: `runs/<recipe name>`."""
         config = self.config[self.subcommand] if self.subcommand else self.config
         if config.trainer.default_root_dir is None:
             config.trainer.default_root_dir = os.path.join("runs", self.recipe_name or "run")
+        if self.subcommand == "fit" and is_first_process():  # one writer per run directory, for the fit's life
+            try:
+                self.run_lock = RunLock(config.trainer.default_root_dir, redact_command(sys.argv)).acquire()
+            except RunDirectoryInUse as error:
+                print(f"hf-transformer fit: {error}", file=sys.stderr)
+                sys.exit(1)
         if self.subcommand in EVALUATION_SUBCOMMANDS:  # the training callbacks' states do not matter to evaluation
             warnings.filterwarnings("ignore", message=".*callbacks used to create the checkpoint need to be provided")
 
@@ -204,33 +329,43 @@ def build_cli(args: list[str] | None = None, run: bool = True) -> TransformerCLI
     """Parse `args` (default: sys.argv), build data module, model and trainer, and run the subcommand; with
     `run=False` there is no subcommand and nothing runs (used to check that recipes instantiate)."""
     configure_logging()
-    return TransformerCLI(
-        LightningModule,
-        LightningDataModule,
-        subclass_mode_model=True,
-        subclass_mode_data=True,
-        auto_configure_optimizers=False,  # the module injects its optimiser and per-step schedule itself
-        save_config_callback=RedactingSaveConfigCallback,
-        save_config_kwargs={"overwrite": True},
-        trainer_defaults={
-            "use_distributed_sampler": False,  # the data module shards its token-budget batches itself
-            # a crash while saving never leaves a half-written checkpoint; loading is weights_only
-            "plugins": [{"class_path": f"{AtomicCheckpointIO.__module__}.{AtomicCheckpointIO.__name__}"}],
-        },
-        args=args,
-        run=run,
-    )
+    locks_before = set(RunLock.held)
+    try:
+        return TransformerCLI(
+            LightningModule,
+            LightningDataModule,
+            subclass_mode_model=True,
+            subclass_mode_data=True,
+            auto_configure_optimizers=False,  # the module injects its optimiser and per-step schedule itself
+            save_config_callback=RedactingSaveConfigCallback,
+            save_config_kwargs={"overwrite": True},
+            trainer_defaults={
+                "use_distributed_sampler": False,  # the data module shards its token-budget batches itself
+                # a crash while saving never leaves a half-written checkpoint; loading is weights_only
+                "plugins": [{"class_path": f"{AtomicCheckpointIO.__module__}.{AtomicCheckpointIO.__name__}"}],
+            },
+            args=args,
+            run=run,
+        )
+    finally:  # the run directory's lock is held while the subcommand runs
+        for key in set(RunLock.held) - locks_before:
+            RunLock.held[key].release()
 
 
 def main() -> None:
     """The `hf-transformer` console script: `translate` and `plot` are commands of their own, everything else goes
-    to the LightningCLI (its return value becomes the exit status: None is success)."""
+    to the LightningCLI (its return value becomes the exit status: None is success). A fit stopped by SIGTERM or
+    SIGINT (`PreemptionCheckpoint`) exits with 128 + the signal's number and a message that says "interrupted"."""
     tools = {"translate": "hf_transformer.translation", "plot": "lightning_modules.callbacks.curves"}
     if len(sys.argv) > 1 and sys.argv[1] in tools:
         import importlib
 
         sys.exit(importlib.import_module(tools[sys.argv[1]]).main(sys.argv[2:]))
-    build_cli()
+    try:
+        build_cli()
+    except callbacks.TrainingInterrupted as interrupted:  # SIGTERM / SIGINT: last.ckpt written, nothing exported
+        print(f"hf-transformer: {interrupted}", file=sys.stderr)
+        sys.exit(interrupted.exit_code)
 
 
 if __name__ == "__main__":

@@ -78,4 +78,4 @@ def redact_config(value: Any) -> Any:
     return redact(value) if isinstance(value, str) else value
 
 
-__all__ = ["HIDDEN", "known_secrets", "redact", "redact_command", "redact_config"]
+__all__ = ["HIDDEN", "is_secret_name", "known_secrets", "redact", "redact_command", "redact_config"]

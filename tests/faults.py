@@ -11,10 +11,13 @@
   (now in the temporary folder) is deleted;
 - "hub_push": while the `at`-th Hub commit request is in flight (a watcher thread kills `delay_s` after the
   background push thread starts `create_commit`; the test's hub server delays commits for longer);
-- "timer": `delay_s` seconds after training starts, wherever the process happens to be (a watcher thread).
+- "timer": `delay_s` seconds after training starts, wherever the process happens to be (a watcher thread);
+- "sigterm_step" / "sigterm_timer": a SIGTERM instead of a SIGKILL (what SLURM and Kubernetes send first), after the
+  backward of the `at`-th batch or `delay_s` seconds after training starts: the process is not killed but stops
+  itself (`PreemptionCheckpoint`: last.ckpt at the end of that step, exit status 143).
 
-Before dying it appends one JSON line describing the kill to `log_path`, so the test knows the kill landed where
-it was meant to and not somewhere else.
+Before dying (or signalling) it appends one JSON line describing the kill to `log_path`, so the test knows the kill
+landed where it was meant to and not somewhere else.
 """
 
 from __future__ import annotations
@@ -30,7 +33,9 @@ from pathlib import Path
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 
-POINTS = ("train_step", "checkpoint_write", "export_write", "export_swap", "hub_push", "timer")
+POINTS = ("train_step", "checkpoint_write", "export_write", "export_swap", "hub_push", "timer", "sigterm_step",
+          "sigterm_timer")
+SIGTERM_POINTS = ("sigterm_step", "sigterm_timer")
 
 
 class KillSwitch(Callback):
@@ -47,7 +52,7 @@ class KillSwitch(Callback):
             handle.write(json.dumps({"point": self.point, "at": self.at, "global_step": step, **detail}) + "\n")
             handle.flush()
             os.fsync(handle.fileno())
-        os.kill(os.getpid(), signal.SIGKILL)
+        os.kill(os.getpid(), signal.SIGTERM if self.point in SIGTERM_POINTS else signal.SIGKILL)
 
     def hit(self) -> bool:
         self.count += 1
@@ -65,7 +70,7 @@ class KillSwitch(Callback):
             self.wrap_create_commit()
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if self.point == "timer":
+        if self.point in ("timer", "sigterm_timer"):
             def watch() -> None:
                 time.sleep(self.delay_s)
                 self.die(thread="timer", delay_s=self.delay_s)
@@ -73,7 +78,7 @@ class KillSwitch(Callback):
             threading.Thread(target=watch, name="kill-switch", daemon=True).start()
 
     def on_after_backward(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if self.point == "train_step" and self.hit():
+        if self.point in ("train_step", "sigterm_step") and self.hit():
             self.die()
 
     def wrap_torch_save(self) -> None:

@@ -17,6 +17,7 @@ import json
 import logging
 import math
 import os
+import shutil
 import sys
 import time
 from collections.abc import Iterator
@@ -30,6 +31,7 @@ from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from transformers.utils import logging as transformers_logging
 
+from hf_transformer.integrity import MANIFEST, write_manifest
 from hf_transformer.pipeline_vaswani import add_pipeline_to_folder
 
 from ..checkpointing import recover_directory, replace_directory_atomically
@@ -94,17 +96,33 @@ def write_export(folder: Path, model: Any, tokenizer: Any, record: dict[str, Any
             add_pipeline_to_folder(tmp)
         (tmp / RUN_FILE).write_text(record_text + "\n", encoding="utf-8")
         (tmp / "README.md").write_text(card, encoding="utf-8")
+        write_manifest(tmp)  # the sha256 of every file, swapped in with them
 
     return replace_directory_atomically(folder, write)
 
 
+def link_or_copy(source: str, destination: str) -> None:
+    """Hard-link (instant; safe because exports never rewrite a file in place), else copy."""
+    try:
+        os.link(source, destination)
+    except OSError:
+        shutil.copy2(source, destination)
+
+
 def rewrite_card(folder: Path, model: Any, record: dict[str, Any]) -> None:
-    """Replace the run record and the card of an exported folder (each file atomically), e.g. with a test score."""
-    for name, text in ((RUN_FILE, json.dumps(record, indent=2, sort_keys=True, default=str) + "\n"),
-                       ("README.md", build_model_card(model, record))):
-        partial = folder / f".{name}.tmp-{os.getpid()}"
-        partial.write_text(text, encoding="utf-8")
-        os.replace(partial, folder / name)
+    """Replace the run record and the card of an exported folder, e.g. with a test score: a new folder (the other
+    files hard-linked) with its new checksums, swapped in atomically like an export."""
+    texts = {RUN_FILE: json.dumps(record, indent=2, sort_keys=True, default=str) + "\n",
+             "README.md": build_model_card(model, record)}
+
+    def write(tmp: Path) -> None:
+        keep = shutil.ignore_patterns(".*", MANIFEST, *texts)
+        shutil.copytree(folder, tmp, ignore=keep, copy_function=link_or_copy, dirs_exist_ok=True)
+        for name, text in texts.items():
+            (tmp / name).write_text(text, encoding="utf-8")
+        write_manifest(tmp)
+
+    replace_directory_atomically(folder, write)
 
 
 def validation_summary(trainer: Trainer, pl_module: LightningModule, monitor: str) -> dict[str, Any] | None:
@@ -275,5 +293,5 @@ class HFExportCallback(Callback):
         return folder
 
 
-__all__ = ["HFExportCallback", "EXPORT_FOLDER_NAME", "find_callback", "gathered_state_dict", "rewrite_card",
+__all__ = ["HFExportCallback", "EXPORT_FOLDER_NAME", "find_callback", "gathered_state_dict", "link_or_copy", "rewrite_card",
            "run_dir", "write_export"]

@@ -4,7 +4,6 @@ logged, never raised, and training never waits for the network. Only global rank
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 import threading
 import time
@@ -19,7 +18,7 @@ from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_warn
 
 from ..redaction import HIDDEN, known_secrets, redact
-from .export import EXPORT_FOLDER_NAME, HFExportCallback, find_callback, run_dir
+from .export import EXPORT_FOLDER_NAME, HFExportCallback, find_callback, link_or_copy, run_dir
 
 log = logging.getLogger(__name__)
 
@@ -38,14 +37,6 @@ def folder_identity(folder: Path) -> tuple:
             stat = path.stat()
             entries.append((str(path.relative_to(folder)), stat.st_size, stat.st_mtime_ns))
     return tuple(entries)
-
-
-def link_or_copy(source: str, destination: str) -> None:
-    """Hard-link (instant; safe because exports never rewrite a file in place), else copy."""
-    try:
-        os.link(source, destination)
-    except OSError:
-        shutil.copy2(source, destination)
 
 
 class HubPushCallback(Callback):
@@ -70,9 +61,10 @@ class HubPushCallback(Callback):
         max_retries: retries after a failed attempt (so up to max_retries + 1 attempts per push).
         backoff_seconds: wait before the first retry, doubled after each failed retry.
         timeout_seconds: how long the end of fit waits for the last push before giving up with a warning.
-        token: a Hub token; default None uses huggingface_hub's resolution (HF_TOKEN, then `hf auth login`).
-            Prefer HF_TOKEN: a token written in a YAML recipe sits in that file and in shell history. The run's
-            config.yaml shows it as *** (lightning_modules/cli.py), and it is never logged or shown in repr().
+        token: a Hub token, for use from Python only; default None uses huggingface_hub's resolution (HF_TOKEN,
+            then `hf auth login`). The command line refuses a token argument or a `token:` in a config file
+            (`lightning_modules.cli.refuse_secret_arguments`): it would be printed by --print_config and errors.
+            It is never logged or shown in repr().
     """
 
     def __init__(
@@ -100,7 +92,7 @@ class HubPushCallback(Callback):
         self.max_retries = max_retries
         self.backoff_seconds = backoff_seconds
         self.timeout_seconds = timeout_seconds
-        self.token = token
+        self.token = None if token == HIDDEN else token  # *** : a saved config.yaml reused, no token given
         self.push_history: list[dict[str, Any]] = []
         self.validations = 0
         self.push_due = False

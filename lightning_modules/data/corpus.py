@@ -23,6 +23,7 @@
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import inspect
 import json
@@ -78,6 +79,13 @@ def structured_builder(path: str) -> str | None:
     if suffixes and suffixes[-1] in COMPRESSION_SUFFIXES:
         suffixes = suffixes[:-1]
     return STRUCTURED_BUILDERS.get(suffixes[-1]) if suffixes else None
+
+
+def literal_paths(paths: list[str]) -> list[str]:
+    """`paths` as `datasets.load_dataset(data_files=)` must get them to read exactly those files: it expands
+    data_files as glob patterns, so `my docs/in[1].jsonl` would look for `in1.jsonl` (and fail with a bare
+    StopIteration); `[`, `]`, `*` and `?` are escaped."""
+    return [glob.escape(path) for path in paths]
 
 
 def digest(value: Any, length: int = 16) -> str:
@@ -169,21 +177,43 @@ def check_data_files(data_files: dict[str, str | list[str]], example: str) -> di
 
 def cached_tokenizer(folder: Path, train: Callable[[], PreTrainedTokenizerFast]) -> PreTrainedTokenizerFast:
     """The tokenizer saved in `folder`, or `train()`'s result saved there first. A file lock makes processes started
-    together (DDP ranks) train once; the folder appears whole (saved aside, then renamed) or not at all."""
+    together (DDP ranks) train once; the folder appears whole (saved aside, then renamed) or not at all. A cached
+    folder that does not load (a truncated or edited file, a disk error) is removed with a warning naming it, and the
+    tokenizer is trained again."""
     folder.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(folder) + ".lock"):
-        if (folder / "tokenizer.json").is_file():
-            logger.info("loading the cached tokenizer from %s", folder)
-        else:
-            start = time.perf_counter()
-            tokenizer = train()
-            partial = folder.with_name(f"{folder.name}.partial-{os.getpid()}")
-            shutil.rmtree(partial, ignore_errors=True)
-            tokenizer.save_pretrained(str(partial))
-            os.replace(partial, folder)
-            logger.info("trained the tokenizer (%d tokens) in %.1f s, saved to %s", len(tokenizer),
-                        time.perf_counter() - start, folder)
+        if folder.exists():
+            try:
+                tokenizer = load_tokenizer(folder)
+                logger.info("loading the cached tokenizer from %s", folder)
+                return tokenizer
+            except Exception as error:  # tokenizers / json / transformers raise many kinds for a damaged file
+                logger.warning("the cached tokenizer %s is damaged and cannot be loaded (%s: %s); removing it and "
+                               "training it again", folder, type(error).__name__, str(error)[:300])
+                shutil.rmtree(folder)
+        start = time.perf_counter()
+        tokenizer = train()
+        partial = folder.with_name(f"{folder.name}.partial-{os.getpid()}")
+        shutil.rmtree(partial, ignore_errors=True)
+        tokenizer.save_pretrained(str(partial))
+        os.replace(partial, folder)
+        logger.info("trained the tokenizer (%d tokens) in %.1f s, saved to %s", len(tokenizer),
+                    time.perf_counter() - start, folder)
         return load_tokenizer(folder)
+
+
+def drop_damaged_cache_file(path: str) -> None:
+    """Remove a cached `datasets` file (a tokenized split) that cannot be read whole (truncated, overwritten), with a
+    warning naming it, so that `map(cache_file_name=path)` writes it again instead of failing with pyarrow's bare
+    "Expected to be able to read N bytes"."""
+    if not os.path.exists(path):
+        return
+    try:
+        datasets.Dataset.from_file(path)
+    except Exception as error:  # pyarrow raises OSError / ArrowInvalid / ArrowTypeError for damaged files
+        logger.warning("the cached file %s is damaged and cannot be read (%s: %s); removing it and building it again",
+                       path, type(error).__name__, str(error)[:300])
+        os.remove(path)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -516,4 +546,5 @@ class CorpusDataModule(TokenizerLinks, LightningDataModule):
 
 
 __all__ = ["CorpusDataModule", "TokenizerLinks", "cached_tokenizer", "parse_split", "digest", "file_stamp",
+           "drop_damaged_cache_file", "literal_paths",
            "CACHE_FORMAT_VERSION", "LABEL_PAD_ID"]

@@ -33,6 +33,8 @@ from .corpus import (
     check_batching,
     check_int,
     digest,
+    drop_damaged_cache_file,
+    literal_paths,
     parse_split,
     slug,
     structured_builder,
@@ -183,7 +185,8 @@ class LanguageModelingDataModule(CorpusDataModule):
         return "text" if files and structured_builder(files[0]) is None else self.text_column
 
     def load_files(self, name: str, paths: list[str], streaming: bool) -> datasets.Dataset:
-        return datasets.load_dataset(structured_builder(paths[0]) or "text", data_files={name: paths}, split=name)
+        return datasets.load_dataset(structured_builder(paths[0]) or "text", data_files={name: literal_paths(paths)},
+                                     split=name)
 
     def check_rows(self, raw: datasets.Dataset, split: str) -> None:
         column = self.text_column_of(split)
@@ -225,6 +228,7 @@ class LanguageModelingDataModule(CorpusDataModule):
                       "tokenizer": digest(self.tokenizer.backend_tokenizer.to_str(), 64)})
         cache = os.path.join(self.cache_dir, "lm_tokenized", f"{self.short_name()}-{slug(split)}-{key}")
         os.makedirs(os.path.dirname(cache), exist_ok=True)
+        drop_damaged_cache_file(f"{cache}.arrow")
         encoded = raw.map(
             encode_texts, batched=True, remove_columns=raw.column_names,
             fn_kwargs={"tokenizer": self.tokenizer, "column": column, "add_bos": self.packing == "lines"},
@@ -260,6 +264,7 @@ class LanguageModelingDataModule(CorpusDataModule):
             return TokenBlocks(flat[: count * self.sequence_length].reshape(count, self.sequence_length)
                                .astype(np.int64))
         cut = self.sequence_length
+        drop_damaged_cache_file(f"{cache}{cut}.arrow")
         return encoded.add_column("id", list(range(len(encoded)))).select(np.flatnonzero(lengths > 0)).map(
             lambda row: {"input_ids": row["input_ids"][:cut], "length": min(row["length"], cut)},
             cache_file_name=f"{cache}{cut}.arrow", new_fingerprint=f"{key}-{cut}",

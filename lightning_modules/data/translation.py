@@ -42,7 +42,9 @@ from .corpus import (
     check_batching,
     check_int,
     digest,
+    drop_damaged_cache_file,
     file_stamp,
+    literal_paths,
     parse_split,
     slug,
     structured_builder,
@@ -446,7 +448,8 @@ class TranslationDataModule(CorpusDataModule):
             if empty:
                 raise ValueError(f"{where}: {path!r} is empty; give a file with one sentence pair per row")
         try:
-            raw = datasets.load_dataset(builder, data_files={name: paths}, split=name, streaming=streaming)
+            raw = datasets.load_dataset(builder, data_files={name: literal_paths(paths)}, split=name,
+                                        streaming=streaming)
         except Exception as error:  # the reader's own error is the cause of `datasets`' DatasetGenerationError
             cause = error.__cause__ or error
             raise ValueError(f"{where} = {paths} cannot be read as {builder} ({type(cause).__name__}: {cause}); rows "
@@ -577,10 +580,11 @@ class TranslationDataModule(CorpusDataModule):
                 "max_target_length": self.max_target_length, "max_length_ratio": self.max_length_ratio,
                 "overlong": self.overlong, "is_train": is_train}
 
-    def record_report(self, role: str, split: str, counts: dict[str, int]) -> None:
+    def record_report(self, role: str, source: str, counts: dict[str, int]) -> None:
+        """Keep and log the cleaning counts of `role`; `source` says where its rows came from."""
         self.cleaning_report[role] = counts
         if self.is_global_zero():
-            logger.info("%s (%s) cleaning report: %s", role, self.where(split), counts)
+            logger.info("%s (%s) cleaning report: %s", role, source, counts)
 
     def tokenized_split(self, role: str) -> datasets.Dataset:
         """The tokenized, cleaned split for `role` ("train", "validation", "test"), cached under `cache_dir`.
@@ -606,11 +610,12 @@ class TranslationDataModule(CorpusDataModule):
                                   self.overlong], "is_train": is_train})
         cache_file = os.path.join(self.cache_dir, "tokenized", f"{self.short_name()}-{slug(split)}-{key}.arrow")
         os.makedirs(os.path.dirname(cache_file), exist_ok=True)
+        drop_damaged_cache_file(cache_file)
         encoded = raw.map(encode_pairs, batched=True, with_indices=True, fn_kwargs=self.encode_kwargs(layout, is_train),
                           remove_columns=raw.column_names, num_proc=self.num_proc if self.num_proc > 1 else None,
                           cache_file_name=cache_file, new_fingerprint=key, desc=f"tokenizing {role}")
         flags = np.asarray(encoded.with_format("numpy")["flags"], dtype=np.int64)
-        self.record_report(role, split, cleaning_counts(flags))
+        self.record_report(role, self.where(split), cleaning_counts(flags))
         kept = np.flatnonzero((flags & DROPPED) == 0)
         if kept.size == 0:
             raise ValueError(
@@ -660,7 +665,8 @@ class TranslationDataModule(CorpusDataModule):
             encode_sources, batched=True, with_indices=True, remove_columns=["source"],
             fn_kwargs={"tokenizer": self.tokenizer, "max_source_length": self.max_source_length},
         )
-        self.record_report("predict", self.predict_file, cleaning_counts(encoded.with_format("numpy")["flags"]))
+        # a file name, never a split expression: `my docs/in[1].txt` is a path
+        self.record_report("predict", f"predict_file {self.predict_file!r}", cleaning_counts(encoded.with_format("numpy")["flags"]))
         self._splits["predict"] = encoded
         return encoded
 

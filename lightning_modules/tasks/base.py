@@ -36,14 +36,26 @@ from lightning.pytorch.trainer.states import TrainerFn
 from transformers import PreTrainedModel
 
 from hf_transformer import VaswaniConfig
+from hf_transformer.integrity import verify_manifest
 
 from ..callbacks.curves import LearningCurves
 from ..callbacks.nonfinite import NonFiniteLossGuard
+from ..callbacks.preemption import PreemptionCheckpoint
 from ..callbacks.results import EvaluationOutputs
 from ..callbacks.throughput import TokenThroughput
 from ..checkpointing import MODEL_KEY, describe_model
 from ..redaction import known_secrets, redact_command
-from ..runs import RUN_KEY, class_path, tokenizer_files, weights_name
+from ..runs import (
+    RUN_KEY,
+    class_path,
+    describe_vocabulary_change,
+    materialize_tokenizer,
+    run_dir_of,
+    tokenizer_files,
+    tokenizer_fingerprint,
+    vocabulary_of_files,
+    weights_name,
+)
 from ..schedules import ScheduleCallable, inverse_sqrt_schedule, paper_adam
 from .metrics import label_smoothed_loss
 
@@ -58,7 +70,7 @@ RUNTIME_ARGUMENTS = ["optimizer", "lr_scheduler", "compile", "num_beams", "lengt
 #: The evaluation metrics the progress bar shows (all of them go to the loggers).
 PROGRESS_BAR_METRICS = ("loss", "bleu", "chrf")
 #: The callbacks every task trains and evaluates with, unless the trainer has its own of that class.
-DEFAULT_CALLBACKS = (TokenThroughput, NonFiniteLossGuard, LearningCurves, EvaluationOutputs)
+DEFAULT_CALLBACKS = (TokenThroughput, NonFiniteLossGuard, LearningCurves, EvaluationOutputs, PreemptionCheckpoint)
 
 
 def read_model_config(model_config: dict[str, Any] | str | None) -> dict[str, Any]:
@@ -82,6 +94,31 @@ def read_model_config(model_config: dict[str, Any] | str | None) -> dict[str, An
         raise ValueError(f"model_config has unknown keys {unknown}: it takes VaswaniConfig fields, "
                          f"{sorted(MODEL_CONFIG_KEYS)}")
     return dict(model_config)
+
+
+class ResumeMismatchError(ValueError):
+    """A checkpoint resumed (or evaluated) with another tokenizer or model configuration than it was trained with."""
+
+
+#: `VaswaniConfig` fields compared on resume (the attention backend is a runtime choice, not the model).
+COMPARED_MODEL_FIELDS = tuple(sorted(set(VaswaniConfig.__annotations__) - {"attn_implementation"}))
+
+
+def model_differences(checkpoint_fields: dict[str, Any], given_fields: dict[str, Any]) -> list[str]:
+    """`"name: A in the checkpoint, B now"` for every `VaswaniConfig` field the two configurations (each completed by
+    the config's defaults) set differently."""
+    old = VaswaniConfig(**{k: v for k, v in checkpoint_fields.items() if k in COMPARED_MODEL_FIELDS}).to_dict()
+    new = VaswaniConfig(**{k: v for k, v in given_fields.items() if k in COMPARED_MODEL_FIELDS}).to_dict()
+    return [f"{key}: {old.get(key)!r} in the checkpoint, {new.get(key)!r} now" for key in COMPARED_MODEL_FIELDS
+            if old.get(key) != new.get(key)]
+
+
+def start_fresh_advice(ckpt: str | os.PathLike) -> str:
+    run = run_dir_of(ckpt)
+    return (f"To train this other configuration, start a fresh run: leave out --ckpt_path and give another "
+            f"--trainer.default_root_dir. To start a new run from these weights on purpose (fine-tuning), give the "
+            f"run's exported folder as --model.pretrained {run / 'hf_model'} (and --data.tokenizer_path "
+            f"{run / 'hf_model'}), without --ckpt_path.")
 
 
 def pretrained_fields(pretrained: str) -> dict[str, Any]:
@@ -138,6 +175,8 @@ class TaskModule(LightningModule):
         if not 0.0 <= label_smoothing < 1.0:
             raise ValueError(f"`label_smoothing` must be in [0, 1), got {label_smoothing!r}.")
         if pretrained is not None:
+            if os.path.isdir(pretrained):
+                verify_manifest(pretrained)  # an exported folder: every file as it was written
             model_config = {**pretrained_fields(pretrained), **read_model_config(model_config)}
         fields = self.model_fields(model_config, tokenizer_fields)
         self.save_hyperparameters(ignore=RUNTIME_ARGUMENTS)
@@ -203,8 +242,9 @@ class TaskModule(LightningModule):
         return isinstance(self.model, FSDPModule)
 
     def configure_callbacks(self) -> list[Callback]:
-        """The throughput log, the non-finite guard ("skip"), the learning curves at the end of fit and the files of
-        an evaluation (test hypotheses, the model card's test score), unless the trainer has its own."""
+        """The throughput log, the non-finite guard ("skip"), the learning curves at the end of fit, the files of
+        an evaluation (test hypotheses, the model card's test score) and the checkpoint of a run stopped by SIGTERM /
+        SIGINT, unless the trainer has its own."""
         present = {type(callback) for callback in self.trainer.callbacks}
         return [callback() for callback in DEFAULT_CALLBACKS if callback not in present]
 
@@ -388,6 +428,8 @@ class TaskModule(LightningModule):
             self.cached_run_record = {
                 "task": class_path(self), "data": run_config() if run_config else None,
                 "tokenizer": tokenizer_files(tokenizer) if tokenizer is not None else None,
+                # what `on_load_checkpoint` compares: the ids' meaning and the model
+                "fingerprints": {"tokenizer": tokenizer_fingerprint(tokenizer) if tokenizer is not None else None},
                 "languages": [lang for lang in languages if lang], "dataset": getattr(datamodule, "dataset_name", None),
                 "command": redact_command(sys.argv, known_secrets(self.trainer.callbacks))}
         return self.cached_run_record
@@ -401,13 +443,40 @@ class TaskModule(LightningModule):
                 "resumed or tested with this version. Export its weights with that version, or train again (the "
                 "recipes now give the model's VaswaniConfig fields under model.model_config)."
             )
+        try:
+            trainer = self.trainer
+            rank = trainer.global_rank
+        except RuntimeError:  # `load_from_checkpoint` outside a Trainer: nothing to resume or compare
+            return
+        self.check_checkpoint_matches(checkpoint, trainer.ckpt_path or "the checkpoint")
         states = checkpoint.get("rng_states")
         if states:
-            try:
-                rank = self.trainer.global_rank
-            except RuntimeError:  # `load_from_checkpoint` outside a Trainer: nothing to resume
-                return
             self.rng_states_to_restore = states[rank] if rank < len(states) else states[0]
+
+    def check_checkpoint_matches(self, checkpoint: dict, ckpt: str | os.PathLike) -> None:
+        """Refuse (`ResumeMismatchError`) a checkpoint whose tokenizer or model configuration is not this run's: a
+        resume would go on training with remapped token ids, or load weights into another model."""
+        entry = checkpoint.get(MODEL_KEY) or {}
+        differences = model_differences(entry.get("config") or {}, describe_model(self.model)["config"])
+        if differences:
+            raise ResumeMismatchError(
+                f"Checkpoint {ckpt} holds another model than the one configured now: {'; '.join(differences)}. A "
+                f"resume continues the same run: give the run's own model configuration (or leave it out). "
+                + start_fresh_advice(ckpt))
+        record = checkpoint.get(RUN_KEY) or {}
+        stored = (record.get("fingerprints") or {}).get("tokenizer")
+        tokenizer = getattr(self.trainer.datamodule, "tokenizer", None)
+        if stored is None or tokenizer is None or tokenizer_fingerprint(tokenizer) == stored:
+            return
+        files = record.get("tokenizer")
+        change = describe_vocabulary_change(vocabulary_of_files(files) if files else None, tokenizer.get_vocab())
+        own = f" --data.tokenizer_path {materialize_tokenizer(files)}" if files else ""
+        raise ResumeMismatchError(
+            f"Checkpoint {ckpt} was trained with another tokenizer than the data module has now: {change}. The data "
+            "module trained a new tokenizer because its training data or settings differ from the run's (dataset, "
+            "data_files, train_split, vocab_size, tokenizer_training_pairs); resuming would train on remapped ids. "
+            f"To resume, give the run's data settings, or its own tokenizer:{own or ' its tokenizer_path'}. "
+            + start_fresh_advice(ckpt))
 
     def on_train_start(self) -> None:
         # Applied here, after the restore and the sanity check, right before the next training batch.
@@ -420,4 +489,4 @@ class TaskModule(LightningModule):
             torch.cuda.set_rng_state_all(state["cuda"])
 
 
-__all__ = ["TaskModule", "gather_objects", "read_model_config", "label_smoothed_loss"]
+__all__ = ["ResumeMismatchError", "TaskModule", "gather_objects", "model_differences", "read_model_config", "label_smoothed_loss"]

@@ -449,7 +449,7 @@ def test_checkpoint_io_save_is_atomic(tmp_path, monkeypatch):
         io.save_checkpoint({"state_dict": {"w": torch.zeros(1000)}, "global_step": 2}, path)
     monkeypatch.setattr(torch, "save", real_save)
 
-    assert [p.name for p in path.parent.iterdir()] == ["last.ckpt"]  # no partial temporary file
+    assert sorted(p.name for p in path.parent.iterdir()) == ["last.ckpt", "last.ckpt.sha256"]  # no partial file
     loaded = io.load_checkpoint(path)
     assert loaded["global_step"] == 1 and torch.equal(loaded["state_dict"]["w"], first["state_dict"]["w"])
 

@@ -5,7 +5,10 @@
   every `*.ckpt` loads with `weights_only=True`, the newest complete checkpoint never goes back, the HF folder
   loads with `from_pretrained`; the run resumes from the newest complete checkpoint and logs bitwise the losses of
   an uninterrupted run; at the end the exported weights equal the uninterrupted run's, bit for bit.
-  Two kills run by default; the seeded campaign (20+ kills, a table and a JSON report) is marked slow.
+- SIGTERM (preemption) inside a step or at a random time: the run stops itself at the end of the step with last.ckpt
+  there and exit status 143; the next segment resumes from that step, losses bit for bit.
+  Five kills (two SIGTERMs) run by default; the seeded campaign (20+ kills and SIGTERMs mixed, a table and a JSON
+  report) is marked slow.
 - A disk that fills up (RLIMIT_FSIZE) and a checkpoint folder that stops being writable: a clear error naming the
   file and the fix, the previous checkpoint intact.
 - A Hub that refuses the token (403) or hangs (slow): training finishes, pushes are retried with backoff or abandoned
@@ -17,6 +20,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -26,6 +30,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from faults import SIGTERM_POINTS
 from helpers import LIGHTNING_TESTS_DIR, REPO_ROOT, TEST_TOKEN, TESTS_DIR, hub_env
 from test_training import metrics, run_cli, series, tiny_run_config, write_config
 
@@ -98,7 +103,9 @@ def inspect_checkpoints(folder: Path) -> tuple[dict[str, int], list[str]]:
 
 
 CAMPAIGN_POINTS = (["train_step"] * 4 + ["checkpoint_write"] * 5 + ["timer"] * 3 + ["export_write"] * 3
-                   + ["export_swap"] * 3 + ["hub_push"] * 3)  # 21 kinds of kill, shuffled; beyond: checkpoint writes
+                   + ["export_swap"] * 3 + ["hub_push"] * 3  # SIGKILLs
+                   + ["sigterm_step"] * 3 + ["sigterm_timer"] * 2)  # SIGTERMs (preemption); 26, shuffled
+FIRST_POINTS = 21  # the campaign's first 21 draws of the shuffled points; beyond: checkpoint writes
 
 
 def plan_kill(rng: random.Random, point: str, resume_step: int, room: int, kills_left: int) -> dict:
@@ -114,8 +121,10 @@ def plan_kill(rng: random.Random, point: str, resume_step: int, room: int, kills
         return {"point": point, "at": rng.randint(1, 8)}
     if point == "checkpoint_write":  # 1st save: a step checkpoint; 2nd: last.ckpt right after it
         return {"point": point, "at": rng.choice([1, 2]), "fraction": rng.choice([0.0, 0.1, 0.5, 0.9, 1.0])}
-    if point == "timer":
+    if point in ("timer", "sigterm_timer"):
         return {"point": point, "delay_s": round(rng.uniform(0.05, 1.5), 2)}
+    if point == "sigterm_step":
+        return {"point": point, "at": rng.randint(1, 8)}
     if point == "hub_push":
         return {"point": point, "at": 1, "delay_s": 1.5}
     return {"point": point, "at": 1}
@@ -141,8 +150,8 @@ def run_campaign(tmp_path: Path, steps: int, kills: int | list[dict], seed: int 
     checkpoints = run / "checkpoints"
     rng = random.Random(seed)
     planned = list(kills) if isinstance(kills, list) else None
-    points = rng.sample(CAMPAIGN_POINTS, len(CAMPAIGN_POINTS)) + ["checkpoint_write"] * max(0, kills - 21) \
-        if planned is None else []
+    points = rng.sample(CAMPAIGN_POINTS, len(CAMPAIGN_POINTS))[:FIRST_POINTS] + ["checkpoint_write"] * max(
+        0, kills - FIRST_POINTS) if planned is None else []
     total_kills = len(planned) if planned is not None else kills
     rows, known, newest, exported = [], {}, -1, False
     for segment in range(total_kills + 1):
@@ -163,10 +172,12 @@ def run_campaign(tmp_path: Path, steps: int, kills: int | list[dict], seed: int 
         row = {"segment": segment, "resumed_from_step": resume_step, "kill": kill}
         log_path = run / "csv" / version / "metrics.csv"
         logged = series(metrics(log_path), "train/loss") if log_path.is_file() else {}
+        sigterm = kill is not None and kill["point"] in SIGTERM_POINTS
         if final:
             check_run(result)
         else:
-            assert result.returncode == -signal.SIGKILL, \
+            expected_exit = 128 + signal.SIGTERM if sigterm else -signal.SIGKILL
+            assert result.returncode == expected_exit, \
                 f"kill {kill} did not land (exit {result.returncode})\n{result.stderr[-3000:]}"
             landed = json.loads((run / "kills.jsonl").read_text().splitlines()[-1])
             assert landed["point"] == kill["point"], landed
@@ -177,7 +188,14 @@ def run_campaign(tmp_path: Path, steps: int, kills: int | list[dict], seed: int 
                 row["unanswered_hub_requests"] = unanswered
                 assert unanswered, [(r.route, r.status) for r in hub_server.requests_for()[requests_before:]]
                 hub_server.clear_faults()
-            logged.pop(max(logged, default=None), None)  # a kill may cut the last CSV row short
+            if sigterm:  # stopped by itself: last.ckpt at the end of the step it was in, every row logged
+                stopped = int(re.search(r"Training interrupted by SIGTERM at step (\d+): wrote the resumable "
+                                        r"checkpoint (\S+);", result.stderr).group(1))
+                row["stopped_at_step"] = stopped
+                assert load_checkpoint_file(checkpoints / "last.ckpt")["global_step"] == stopped
+                assert max(logged) == stopped - 1, (stopped, sorted(logged)[-3:])
+            else:
+                logged.pop(max(logged, default=None), None)  # a kill may cut the last CSV row short
         # the losses of this segment are the uninterrupted run's, bit for bit, from the step it resumed at
         assert not logged or min(logged) == resume_step, (resume_step, sorted(logged))
         row["steps_logged"] = len(logged)
@@ -233,14 +251,15 @@ def check_run(result: subprocess.CompletedProcess) -> None:
 
 
 def print_report(report: dict) -> None:
-    print(f"\n{'seg':>3} {'kill point':<17} {'args':<22} {'resumed':>7} {'killed@':>7} {'lost':>4} {'diverged':>8} "
-          f"{'hf ok':>5}")
+    print(f"\n{'seg':>3} {'kill point':<17} {'args':<22} {'resumed':>7} {'killed@':>7} {'stopped@':>8} {'lost':>4} "
+          f"{'diverged':>8} {'hf ok':>5}")
     for row in report["segments"]:
         kill = row["kill"] or {"point": "(runs to the end)"}
         args = ",".join(f"{k}={v}" for k, v in kill.items() if k != "point")
         lost = len(row["checkpoints_lost"]) + len(row["checkpoints_unloadable"])
         print(f"{row['segment']:>3} {kill['point']:<17} {args:<22} {row['resumed_from_step']:>7} "
-              f"{row.get('killed_at_step', '')!s:>7} {lost:>4} {len(row['diverged_steps']):>8} "
+              f"{row.get('killed_at_step', '')!s:>7} {row.get('stopped_at_step', '')!s:>8} {lost:>4} "
+              f"{len(row['diverged_steps']):>8} "
               f"{row['hf_folder_loads']!s:>5}")
     print(f"kills injected {report['kills_injected']}, survived {report['kills_survived']}, checkpoints lost "
           f"{report['checkpoints_lost']}, diverged runs {report['diverged_runs']}, final weights bitwise equal "
@@ -253,6 +272,19 @@ def assert_clean(report: dict) -> None:
     assert report["final_weights_bitwise_equal"], report
     assert report["leftover_temporary_files"] == [], report
     assert report["hub_final_commit_matches_local"] in (None, True), report
+
+
+def test_sigterms_mixed_with_a_sigkill_resume_bitwise(tmp_path):
+    """A SIGTERM inside a step (the stop point: the end of that step), a SIGKILL at the next checkpoint write, a
+    SIGTERM at a random time: every stop leaves a checkpoint where it stopped, nothing lost, losses bit for bit."""
+    kills = [{"point": "sigterm_step", "at": 3}, {"point": "checkpoint_write", "at": 1, "fraction": 0.5},
+             {"point": "sigterm_timer", "delay_s": 0.1}]
+    report = run_campaign(tmp_path, steps=20, kills=kills)
+    assert_clean(report)
+    first, second, third, fourth = report["segments"]
+    assert first["stopped_at_step"] == 3 and second["resumed_from_step"] == 3  # last.ckpt at the stop point
+    assert second["killed_at_step"] == 5 and third["resumed_from_step"] == 3  # killed while writing step=5.ckpt
+    assert fourth["resumed_from_step"] == third["stopped_at_step"] > 3
 
 
 def test_kills_inside_a_checkpoint_write_and_an_export_swap_resume_bitwise(tmp_path):
@@ -280,7 +312,7 @@ def test_fault_campaign(tmp_path, hub_server):
         Path(output).parent.mkdir(parents=True, exist_ok=True)
         Path(output).write_text(json.dumps(report, indent=1) + "\n")
     assert report["kills_injected"] >= 20
-    assert len(report["kills_by_point"]) == 6, report["kills_by_point"]  # every kind of kill point was hit
+    assert len(report["kills_by_point"]) == 8, report["kills_by_point"]  # every kind of kill point was hit
     assert_clean(report)
 
 
@@ -320,7 +352,7 @@ def test_a_full_disk_stops_with_a_clear_error_and_keeps_the_previous_checkpoint(
     assert last_line.startswith("lightning_modules.checkpointing.CheckpointSaveError: [Errno 27] Could not write "
                                 f"checkpoint {folder / 'step=4.ckpt'}: File too large. Fix: free space"), last_line
     assert "ulimit -f" in last_line and "The previous step=4.ckpt (if any) is unchanged" in last_line
-    assert sorted(p.name for p in folder.iterdir()) == ["last.ckpt", "step=2.ckpt"]  # no temporary file left
+    assert sorted(p.name for p in folder.iterdir()) == ["last.ckpt", "last.ckpt.sha256", "step=2.ckpt", "step=2.ckpt.sha256"]  # no temporary file left
     for name in ("last.ckpt", "step=2.ckpt"):
         checkpoint = load_checkpoint_file(folder / name)
         assert checkpoint["global_step"] == 2 and checkpoint["state_dict"]
@@ -362,7 +394,7 @@ def test_an_unwritable_checkpoint_folder_stops_with_a_clear_error_and_keeps_the_
         message = str(raised.value)
         assert f"Could not write checkpoint {folder / 'step=4.ckpt'}:" in message
         assert f"Fix: make {folder} writable for this user" in message and "default_root_dir" in message
-        assert sorted(p.name for p in folder.iterdir()) == ["last.ckpt", "step=2.ckpt"]
+        assert sorted(p.name for p in folder.iterdir()) == ["last.ckpt", "last.ckpt.sha256", "step=2.ckpt", "step=2.ckpt.sha256"]
         assert load_checkpoint_file(folder / "last.ckpt")["global_step"] == 2
         # the plugin on its own, any file name: same error, nothing changed
         with pytest.raises(CheckpointSaveError, match=rf"{folder / 'other.ckpt'}.*Fix: make {folder} writable"):
@@ -380,7 +412,7 @@ def test_a_checkpoint_save_cleans_up_temporary_files_of_a_killed_save(tmp_path):
     other = tmp_path / ".step=5.ckpt.tmp-0123456789ab"  # another file's: not ours to delete
     other.write_bytes(b"x")
     io.save_checkpoint({"global_step": 2}, path)
-    assert sorted(p.name for p in tmp_path.iterdir()) == [other.name, "last.ckpt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [other.name, "last.ckpt", "last.ckpt.sha256"]
     assert load_checkpoint_file(path)["global_step"] == 2
 
 

@@ -102,21 +102,27 @@ def test_paper_recipes_use_the_papers_hyper_parameters():
         assert data["vocab_size"] == 37000
 
 
-def test_the_saved_run_config_hides_hub_tokens(tokenizer_dir, tmp_path, monkeypatch):
-    """A token given on the command line (here to a HubPushCallback) is used, but config.yaml of the run says ***."""
+def test_a_hub_token_argument_is_refused_and_a_saved_config_with_a_hidden_token_is_reusable(tokenizer_dir, tmp_path,
+                                                                                              monkeypatch, capsys):
+    """The CLI takes no token (HF_TOKEN or `hf auth login` instead): a token argument exits 2 naming the argument,
+    not the token. A run's saved config.yaml (its token shown as ***) can be given back as --config: no token."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr("sys.argv", ["hf-transformer"])
     secret = "planted-cli-token-51d3a0"
-    cli = build_cli(["--config", str(CONFIGS[0].parent / "quickstart.yaml"),
-                     "--data.init_args.tokenizer_path", tokenizer_dir, "--trainer.logger", "false",
-                     "--trainer.default_root_dir", str(tmp_path / "run"),
-                     "--trainer.callbacks+=lightning_modules.callbacks.HubPushCallback",
-                     "--trainer.callbacks.repo_id", "tester/secret", "--trainer.callbacks.token", secret], run=False)
+    common = ["--config", str(CONFIGS[0].parent / "quickstart.yaml"), "--data.init_args.tokenizer_path", tokenizer_dir,
+              "--trainer.logger", "false", "--trainer.default_root_dir", str(tmp_path / "run"),
+              "--trainer.callbacks+=lightning_modules.callbacks.HubPushCallback",
+              "--trainer.callbacks.repo_id", "tester/secret"]
+    with pytest.raises(SystemExit) as exited:
+        build_cli([*common, "--trainer.callbacks.token", secret], run=False)
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert "argument --trainer.callbacks.token" in err and "HF_TOKEN" in err and secret not in err
+
+    saved = tmp_path / "saved.yaml"
+    saved.write_text(yaml.safe_dump({"trainer": {"callbacks": [{
+        "class_path": "lightning_modules.callbacks.HubPushCallback",
+        "init_args": {"repo_id": "tester/secret", "token": "***"}}]}}))
+    cli = build_cli([*common[:-3], "--config", str(saved)], run=False)
     pushes = [cb for cb in cli.trainer.callbacks if type(cb).__name__ == "HubPushCallback"]
-    assert pushes and pushes[0].token == secret  # the callback itself gets the real token
-    saver = next(cb for cb in cli.trainer.callbacks if type(cb).__name__ == "RedactingSaveConfigCallback")
-    saver.setup(cli.trainer, cli.model, "fit")
-    saved = (tmp_path / "run" / "config.yaml").read_text()
-    assert secret not in saved
-    assert "token: '***'" in saved or 'token: "***"' in saved or "token: ***" in saved
-    assert "tester/secret" in saved  # the rest of the callback's arguments are kept
+    assert pushes and pushes[0].token is None and pushes[0].repo_id == "tester/secret"

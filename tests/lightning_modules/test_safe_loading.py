@@ -208,9 +208,15 @@ def test_truncated_checkpoints_name_the_file(trained, tmp_path):
 
 
 def test_checkpoints_with_flipped_bytes_load_or_name_the_file(trained, tmp_path):
-    data = (trained / "checkpoints" / "last.ckpt").read_bytes()
+    """Without its checksum file (copied alone) a flip inside tensor data or a stored number loads; with it (as
+    AtomicCheckpointIO writes them, test_reliability.py) every flip is refused naming the file."""
+    source = trained / "checkpoints" / "last.ckpt"
+    data = source.read_bytes()
     path = tmp_path / "flipped.ckpt"
+    checksums = tmp_path / "flipped.ckpt.sha256"
+    recorded = (source.parent / "last.ckpt.sha256").read_text().replace("last.ckpt", "flipped.ckpt")
     outcomes = Counter()
+    with_checksum = Counter()
 
     @settings(max_examples=FLIP_EXAMPLES, **HYPOTHESIS)
     @given(st.integers(0, len(data) - 1), st.integers(1, 255))
@@ -226,10 +232,18 @@ def test_checkpoints_with_flipped_bytes_load_or_name_the_file(trained, tmp_path)
             return
         assert isinstance(checkpoint, dict)  # a flip inside tensor data: no checksum to catch it
         outcomes["loaded"] += 1
+        checksums.write_text(recorded)
+        try:
+            with pytest.raises(CheckpointLoadError, match=f"Checkpoint {path} does not match its checksum"):
+                load_checkpoint_file(path)
+            with_checksum["refused, file named"] += 1
+        finally:
+            checksums.unlink()
 
     run()
-    print(f"checkpoint byte flips: {dict(outcomes)}")
+    print(f"checkpoint byte flips: {dict(outcomes)}; the loaded ones with their checksum file: {dict(with_checksum)}")
     assert sum(outcomes.values()) == FLIP_EXAMPLES and outcomes["refused, file named"] > 0
+    assert with_checksum["refused, file named"] == outcomes["loaded"] > 0
 
 
 @pytest.fixture(scope="module")
