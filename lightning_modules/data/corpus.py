@@ -357,6 +357,12 @@ class CorpusDataModule(TokenizerLinks, LightningDataModule):
         files = (self.data_files or {}).get(parse_split(self.train_split)[0], [])
         return "local files: " + ", ".join(Path(path).name for path in files) if files else "unknown"
 
+    def split_dataset_name(self, split: str) -> str:
+        """Name of the data a split is read from, for evaluation records: the hub id, or that split's local files."""
+        files = (self.data_files or {}).get(parse_split(split)[0], []) if self.dataset is None else []
+        files = [files] if isinstance(files, str) else files
+        return "local files: " + ", ".join(Path(path).name for path in files) if files else self.dataset_name
+
     def where(self, split: str) -> str:
         """How a split is named in messages."""
         if self.dataset is not None:

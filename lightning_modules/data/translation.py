@@ -303,6 +303,24 @@ def order_text_pairs(data_files: dict[str, list[str]], source_lang: str,
     return ordered
 
 
+def check_settings(max_source_length: int, max_target_length: int, max_length_ratio: float, overlong: str,
+                   num_proc: int, streaming_buffer_size: int, tokenizer_training_pairs: int | None,
+                   validation_sample: int | None, max_tokens: int | None, batch_size: int | None,
+                   eval_max_tokens: int | None, eval_batch_size: int | None) -> None:
+    """The sizes and length rules of `TranslationDataModule`, each refused by name when invalid."""
+    for name, value, minimum, optional in (
+        ("max_source_length", max_source_length, 2, False), ("max_target_length", max_target_length, 2, False),
+        ("num_proc", num_proc, 1, False), ("streaming_buffer_size", streaming_buffer_size, 1, False),
+        ("tokenizer_training_pairs", tokenizer_training_pairs, 1, True), ("max_tokens", max_tokens, 1, True),
+        ("validation_sample", validation_sample, 1, True),
+        ("batch_size", batch_size, 1, True), ("eval_max_tokens", eval_max_tokens, 1, True),
+        ("eval_batch_size", eval_batch_size, 1, True)):
+        check_int(name, value, minimum, optional)
+    check_lengths(max_length_ratio, overlong, max(max_source_length, max_target_length),
+                  {"max_tokens": max_tokens, "batch_size": batch_size, "eval_max_tokens": eval_max_tokens,
+                   "eval_batch_size": eval_batch_size})
+
+
 class TranslationDataModule(CorpusDataModule):
     """Parallel corpus -> tokenized, cleaned, token-budget batches for training, evaluation and prediction.
 
@@ -392,17 +410,9 @@ class TranslationDataModule(CorpusDataModule):
                          tokenizer_path, vocab_size, cache_dir, num_workers, seed)
         if self.data_files is not None:
             self.data_files = order_text_pairs(self.data_files, source_lang, target_lang)
-        for name, value, minimum, optional in (
-            ("max_source_length", max_source_length, 2, False), ("max_target_length", max_target_length, 2, False),
-            ("num_proc", num_proc, 1, False), ("streaming_buffer_size", streaming_buffer_size, 1, False),
-            ("tokenizer_training_pairs", tokenizer_training_pairs, 1, True), ("max_tokens", max_tokens, 1, True),
-            ("validation_sample", validation_sample, 1, True),
-            ("batch_size", batch_size, 1, True), ("eval_max_tokens", eval_max_tokens, 1, True),
-            ("eval_batch_size", eval_batch_size, 1, True)):
-            check_int(name, value, minimum, optional)
-        check_lengths(max_length_ratio, overlong, max(max_source_length, max_target_length),
-                      {"max_tokens": max_tokens, "batch_size": batch_size, "eval_max_tokens": eval_max_tokens,
-                       "eval_batch_size": eval_batch_size})
+        check_settings(max_source_length, max_target_length, max_length_ratio, overlong, num_proc, streaming_buffer_size,
+                       tokenizer_training_pairs, validation_sample, max_tokens, batch_size, eval_max_tokens,
+                       eval_batch_size)
         self.streaming, self.streaming_buffer_size, self.num_proc = streaming, streaming_buffer_size, num_proc
         self.tokenizer_training_pairs, self.predict_file = tokenizer_training_pairs, predict_file
         self.validation_sample = validation_sample
@@ -626,8 +636,8 @@ class TranslationDataModule(CorpusDataModule):
         cleaned = kept.size
         if role == "validation":
             kept = self.sample_validation(kept, split)
-        self.evaluation_sets[role] = {"dataset": self.dataset_name, "split": split, "pairs": int(kept.size),
-                                      "total": len(flags),
+        self.evaluation_sets[role] = {"dataset": self.split_dataset_name(split), "split": split,
+                                      "pairs": int(kept.size), "total": len(flags),
                                       "sample": f"a fixed random sample (seed {self.seed})" if kept.size < cleaned
                                       else None}
         self._splits[role] = encoded if kept.size == len(encoded) else encoded.select(kept)

@@ -85,7 +85,7 @@ def test_limited_validation_is_a_fixed_representative_sample(files, tmp_path):
     assert abs(np.mean(lengths[ids]) - lengths.mean()) < 0.2 * lengths.mean()  # as long as the whole split, roughly
     assert sorted(module(files, tmp_path, validation_sample=60).tokenized_split("validation")["id"]) == ids  # fixed
     assert sampled.evaluation_set("validation") == {
-        "dataset": sampled.dataset_name, "split": "validation", "pairs": 60, "total": 300,
+        "dataset": "local files: val.de.gz, val.en.gz", "split": "validation", "pairs": 60, "total": 300,
         "sample": "a fixed random sample (seed 0)"}
 
 
