@@ -43,7 +43,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--limit", type=int, default=None, help="first N sentences only (default: all 1,000)")
     parser.add_argument("--batch-size", type=int, default=32, help="translate()'s batch size (default 32)")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads of torch and CTranslate2 (default 1)")
-    parser.add_argument("--output", default=None, help="JSON file (default: benchmarks/results/ctranslate2_exactness.json)")
+    parser.add_argument("--output", default=None,
+                        help="JSON file (default: benchmarks/results/ctranslate2_exactness.json)")
     return parser.parse_args()
 
 

@@ -15,8 +15,9 @@ Speed uses random weights of our small and base sizes: such a model never emits 
 `max_new_tokens` (set per batch to the source length, about a translation's length): the same work for every engine.
 Quality (BLEU) needs a trained model: --bleu-model PATH (a de->en folder saved with save_pretrained and its
 tokenizer) translates Multi30k test2016 with every engine through translate() (§6.1: beam 4, alpha 0.6, input length
-+ 50), each engine twice, interleaved (in one order, then in the opposite). Without it the same pass runs on a random-weight small model and says so (its
-BLEU means nothing; its `identical` column still checks exactness on real sentences).
++ 50), each engine twice, interleaved (in one order, then in the opposite). Without it the same pass runs on a
+random-weight small model and says so (its BLEU means nothing; its `identical` column still checks exactness on real
+sentences).
 
     python -m benchmarks.decode --threads 1 --bleu-model runs/multi30k/hf_model
     python -m benchmarks.decode --sizes base --quick

@@ -65,7 +65,8 @@ def parse_arguments(parser: argparse.ArgumentParser, argv: list[str] | None, wor
     """The arguments both scripts take (threads, seed, folders), added to `parser`, then parsed; paths made
     absolute."""
     parser.add_argument("--threads", type=int, default=2,
-                        help="torch CPU threads (1 on a machine busy with other work: 2 threads ran 2 to 3 times slower here)")
+                        help="torch CPU threads (1 on a machine busy with other work: 2 threads ran 2 to 3 times "
+                             "slower here)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the samples")
     parser.add_argument("--workdir", type=Path, default=workdir,
                         help="the folder of the run directories (caches go to the per-user cache)")

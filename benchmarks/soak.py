@@ -164,8 +164,8 @@ def print_table(report: dict) -> None:
               f"{window['start_step']:>5}-{window['end_step']:<5} {window['train_tokens_per_s'] or 0:>12.0f} "
               f"{window['wall_tokens_per_s'] or 0:>11.0f}")
     print(f"\n{report['seconds']:.0f} s, {report['steps']} steps, {report['validations']} validations; RSS "
-          f"{report['rss_mb_first']:.0f} -> {report['rss_mb_last']:.0f} MB (max {report['rss_mb_max']:.0f}); slope over "
-          f"the second half {report['rss_slope_mb_per_hour_second_half']} MB/hour; training tokens/s drift "
+          f"{report['rss_mb_first']:.0f} -> {report['rss_mb_last']:.0f} MB (max {report['rss_mb_max']:.0f}); "
+          f"slope over the second half {report['rss_slope_mb_per_hour_second_half']} MB/hour; training tokens/s drift "
           f"{report['throughput_drift_percent']}% (last window vs the first after warm-up)")
 
 

@@ -112,8 +112,8 @@ def check_request(model: PreTrainedModel, source: str, layer: int, heads: str) -
     return layer % layers
 
 
-def draw_all(outputs: Seq2SeqLMOutput, cross: np.ndarray, alignment: np.ndarray, layer: int, heads: str, source_labels: list[str],
-             target_labels: list[str], decoder_labels: list[str], folder: Path) -> None:
+def draw_all(outputs: Seq2SeqLMOutput, cross: np.ndarray, alignment: np.ndarray, layer: int, heads: str,
+             source_labels: list[str], target_labels: list[str], decoder_labels: list[str], folder: Path) -> None:
     """The three PNGs of `attention_maps`: cross-attention (heads averaged or one panel per head), encoder and
     decoder self-attention (one panel per head)."""
     head_titles = [f"head {h}" for h in range(cross.shape[0])]

@@ -236,9 +236,9 @@ class VaswaniPreTrainedModel(PreTrainedModel):
             if type(error).__name__ != "SafetensorError":  # matched by name: this file imports only torch/transformers
                 raise
             raise OSError(
-                f"The weights of {str(pretrained_model_name_or_path)!r} are truncated or corrupt: its model.safetensors "
-                f"(or a shard named in model.safetensors.index.json) cannot be read ({error}). Export or download "
-                "the model again (from_pretrained(..., force_download=True) for a Hub copy)."
+                f"The weights of {str(pretrained_model_name_or_path)!r} are truncated or corrupt: its "
+                f"model.safetensors (or a shard named in model.safetensors.index.json) cannot be read ({error}). "
+                "Export or download the model again (from_pretrained(..., force_download=True) for a Hub copy)."
             ) from error
 
     @torch.no_grad()

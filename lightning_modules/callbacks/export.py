@@ -293,5 +293,5 @@ class HFExportCallback(Callback):
         return folder
 
 
-__all__ = ["HFExportCallback", "EXPORT_FOLDER_NAME", "find_callback", "gathered_state_dict", "link_or_copy", "rewrite_card",
-           "run_dir", "write_export"]
+__all__ = ["HFExportCallback", "EXPORT_FOLDER_NAME", "find_callback", "gathered_state_dict", "link_or_copy",
+           "rewrite_card", "run_dir", "write_export"]

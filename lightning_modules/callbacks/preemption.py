@@ -8,9 +8,10 @@ step, validation or export in progress finishes whole; at the end of the current
 where `ModelCheckpoint` saves too, so the state is the one a periodic checkpoint holds) every rank agrees to stop and
 `last.ckpt` is written through the trainer's checkpoint IO (atomic with the CLI's `AtomicCheckpointIO`); the run
 raises at the next hook (the next batch's start, a validation's start, the epoch's or training's end), once that
-step's metrics have gone to the loggers. Nothing else is written: the end-of-fit export (`hf_model_last`), the learning curves and the final Hub push
-belong to a finished run. Resuming from that checkpoint gives the losses of the uninterrupted run, bit for bit. A
-second Ctrl+C interrupts at once (KeyboardInterrupt, Lightning's own shutdown, no checkpoint).
+step's metrics have gone to the loggers. Nothing else is written: the end-of-fit export (`hf_model_last`), the
+learning curves and the final Hub push belong to a finished run. Resuming from that checkpoint gives the losses of the
+uninterrupted run, bit for bit. A second Ctrl+C interrupts at once (KeyboardInterrupt, Lightning's own shutdown, no
+checkpoint).
 """
 
 from __future__ import annotations
@@ -95,7 +96,8 @@ class PreemptionCheckpoint(Callback):
         if not stop:
             return
         signum = self.received if self.received is not None else signal.SIGTERM
-        path = os.path.join(resume_folder(trainer), ModelCheckpoint.CHECKPOINT_NAME_LAST + ModelCheckpoint.FILE_EXTENSION)
+        name = ModelCheckpoint.CHECKPOINT_NAME_LAST + ModelCheckpoint.FILE_EXTENSION
+        path = os.path.join(resume_folder(trainer), name)
         trainer.save_checkpoint(path)  # on every rank, through the (atomic) checkpoint IO
         self.restore()
         self.pending = TrainingInterrupted(signal.Signals(signum).name, 128 + signum, trainer.global_step, path)

@@ -410,9 +410,9 @@ class TranslationDataModule(CorpusDataModule):
                          tokenizer_path, vocab_size, cache_dir, num_workers, seed)
         if self.data_files is not None:
             self.data_files = order_text_pairs(self.data_files, source_lang, target_lang)
-        check_settings(max_source_length, max_target_length, max_length_ratio, overlong, num_proc, streaming_buffer_size,
-                       tokenizer_training_pairs, validation_sample, max_tokens, batch_size, eval_max_tokens,
-                       eval_batch_size)
+        check_settings(max_source_length, max_target_length, max_length_ratio, overlong, num_proc,
+                       streaming_buffer_size, tokenizer_training_pairs, validation_sample, max_tokens, batch_size,
+                       eval_max_tokens, eval_batch_size)
         self.streaming, self.streaming_buffer_size, self.num_proc = streaming, streaming_buffer_size, num_proc
         self.tokenizer_training_pairs, self.predict_file = tokenizer_training_pairs, predict_file
         self.validation_sample = validation_sample
@@ -676,7 +676,8 @@ class TranslationDataModule(CorpusDataModule):
             fn_kwargs={"tokenizer": self.tokenizer, "max_source_length": self.max_source_length},
         )
         # a file name, never a split expression: `my docs/in[1].txt` is a path
-        self.record_report("predict", f"predict_file {self.predict_file!r}", cleaning_counts(encoded.with_format("numpy")["flags"]))
+        self.record_report("predict", f"predict_file {self.predict_file!r}",
+                           cleaning_counts(encoded.with_format("numpy")["flags"]))
         self._splits["predict"] = encoded
         return encoded
 

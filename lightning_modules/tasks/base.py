@@ -489,4 +489,5 @@ class TaskModule(LightningModule):
             torch.cuda.set_rng_state_all(state["cuda"])
 
 
-__all__ = ["ResumeMismatchError", "TaskModule", "gather_objects", "model_differences", "read_model_config", "label_smoothed_loss"]
+__all__ = ["ResumeMismatchError", "TaskModule", "gather_objects", "model_differences", "read_model_config",
+           "label_smoothed_loss"]
