@@ -15,8 +15,8 @@ pass), and the loop computes the same tokens with less work:
   following the surviving beams is one `index_select` per step (the library concatenates and reorders per layer);
 - a sentence whose search is over leaves the batch (the library decodes it to the end with the others);
 - each step calls the layers' own sublayers, projections and attention kernels directly, and on CPU in float32 the
-  attention projections and the output layer multiply by a transposed copy of their weights (made once per weight,
-  see `project`): the same products, bit for bit, read faster by the matrix kernel.
+  attention projections and the output layer multiply by a transposed copy of their weights (made once per call,
+  see `TransposedWeights`): the same products, bit for bit, read faster by the matrix kernel.
 
 The beam bookkeeping is the library's (`GenerationMixin._beam_search`, the same in transformers 5.18-5.24) operation
 for operation, so that ties, finished hypotheses, their length penalty and the output padding come out the same. The
@@ -29,7 +29,6 @@ Notation: B sentences still decoding, K beams, N rows of hypotheses (B or B K), 
 H heads, Dh head size, V vocabulary.
 """
 
-import weakref
 from functools import partial
 
 import torch
@@ -59,7 +58,7 @@ BEAM_FREE = -1.0e9  # the library's "never chosen" score (beams 2..K at the star
 # below 4 rows on CPU): the loop never runs fewer rows than this where the library runs more, so that every row gets
 # the bits the library's loop gives it.
 MIN_ROWS = 4
-# ... and with transposed weights (see `project`) when the layer has fewer output features than this (MKL: under 12).
+# ... and with transposed weights (see `TransposedWeights`) when the layer has fewer output features than this (MKL: under 12).
 MIN_FEATURES = 16
 
 
@@ -131,37 +130,39 @@ def lean_decode(
 # decoding step, reading a (in, out) copy instead is faster for the output layer (1.2-2.3x, the largest matrix of a
 # step) and the square attention projections (up to 2x at 4 rows), not for the FFN's (measured one thread, weights
 # out of cache), and gives the same bits (MKL, from MIN_ROWS rows and MIN_FEATURES outputs up; checked by
-# tests/hf_transformer/test_lean_decoding.py over a range of shapes). The copies are made once per weight and version
-# (an in-place update, e.g. an optimizer step, makes a new one) and live as long as the weight: decoding keeps a second
-# copy of those weights in memory.
-
-TRANSPOSED: dict[int, tuple[weakref.ref, int, torch.Tensor]] = {}  # id(weight) -> (weight, its version, W^T)
-
-
-def transposed(weight: torch.Tensor) -> torch.Tensor:
-    """A contiguous (in, out) copy of `weight` (out, in), made once per weight version."""
-    key = id(weight)
-    entry = TRANSPOSED.get(key)
-    if entry is None or entry[0]() is not weight or entry[1] != weight._version:
-        entry = (weakref.ref(weight, lambda _, key=key: TRANSPOSED.pop(key, None)), weight._version,
-                 weight.detach().t().contiguous())
-        TRANSPOSED[key] = entry
-    return entry[2]
+# tests/hf_transformer/test_lean_decoding.py over a range of shapes). The copies are made when a decoding call first
+# uses a weight and dropped at its end: no copy outlives the call, because weights change between calls in ways no
+# counter shows (torch's fused Adam, the default optimiser of the training recipes, updates parameters in place without
+# bumping their `_version`; a copy kept across a validation and the next training steps would decode with stale
+# weights). One pass over the weights per call, against one read per decoding step saved.
 
 
-def project(linear: nn.Module, states: torch.Tensor) -> torch.Tensor:
-    """linear(states) for states (N, 1, D_in): through the transposed weights for a float32 nn.Linear on CPU with at
-    least MIN_ROWS rows and MIN_FEATURES outputs, through the module itself otherwise (other devices, dtypes,
-    autocast, int8 modules, tiny layers)."""
-    rows = states.shape[0]
-    if (type(linear) is not nn.Linear or rows < MIN_ROWS or linear.out_features < MIN_FEATURES
-            or states.device.type != "cpu" or states.dtype != torch.float32 or linear.weight.dtype != torch.float32
-            or torch.is_autocast_enabled("cpu")):
-        return linear(states)
-    flat = states.reshape(rows, states.shape[-1])
-    weight = transposed(linear.weight)  # (D_in, D_out)
-    output = torch.mm(flat, weight) if linear.bias is None else torch.addmm(linear.bias, flat, weight)
-    return output.view(rows, 1, weight.shape[1])
+class TransposedWeights:
+    """The (in, out) copies of one decoding call's weights, each made on first use."""
+
+    def __init__(self) -> None:
+        self.copies: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # id(weight) -> (weight, W^T)
+
+    def of(self, weight: torch.Tensor) -> torch.Tensor:
+        """A contiguous (in, out) copy of `weight` (out, in)."""
+        entry = self.copies.get(id(weight))
+        if entry is None or entry[0] is not weight:
+            entry = self.copies[id(weight)] = (weight, weight.detach().t().contiguous())
+        return entry[1]
+
+    def project(self, linear: nn.Module, states: torch.Tensor) -> torch.Tensor:
+        """linear(states) for states (N, 1, D_in): through the transposed weights for a float32 nn.Linear on CPU with
+        at least MIN_ROWS rows and MIN_FEATURES outputs, through the module itself otherwise (other devices, dtypes,
+        autocast, int8 modules, tiny layers)."""
+        rows = states.shape[0]
+        if (type(linear) is not nn.Linear or rows < MIN_ROWS or linear.out_features < MIN_FEATURES
+                or states.device.type != "cpu" or states.dtype != torch.float32 or linear.weight.dtype != torch.float32
+                or torch.is_autocast_enabled("cpu")):
+            return linear(states)
+        flat = states.reshape(rows, states.shape[-1])
+        weight = self.of(linear.weight)  # (D_in, D_out)
+        output = torch.mm(flat, weight) if linear.bias is None else torch.addmm(linear.bias, flat, weight)
+        return output.view(rows, 1, weight.shape[1])
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -201,6 +202,7 @@ class CachedDecoder:
         self.cache: torch.Tensor | None = None  # (capacity, L, 2, N, H, Dh)
         self.spare: torch.Tensor | None = None  # the previous buffer, written by the next `select`
         self.length = 0  # P: positions in the cache
+        self.weights = TransposedWeights()  # this call's transposed projection weights
 
     @property
     def sentences(self) -> int:
@@ -219,13 +221,13 @@ class CachedDecoder:
             hidden = layer.sublayer(hidden, layer.final_layer_norm, layer.feed_forward)
         if decoder.layer_norm is not None:
             hidden = decoder.layer_norm(hidden)
-        return project(self.lm_head, hidden)[:, -1]  # (N, V)
+        return self.weights.project(self.lm_head, hidden)[:, -1]  # (N, V)
 
     def self_attention(self, index: int, states: torch.Tensor) -> torch.Tensor:
         """Causal self-attention of the new position over positions 0..P (§3.2.3): the newest query may see every
         cached key, so there is no mask. The layer's own projections and kernel (and variant: relative positions,
         local blocks)."""
-        attention = self.layers[index].self_attn
+        attention, project = self.layers[index].self_attn, self.weights.project
         rows = states.shape[0]
         query = attention.split_heads(project(attention.q_proj, states))  # (N, H, 1, Dh)
         if index == 0:
@@ -241,7 +243,7 @@ class CachedDecoder:
     def cross_attention(self, index: int, states: torch.Tensor) -> torch.Tensor:
         """Encoder-decoder attention of N = B x R rows (R hypotheses per sentence): the R rows of a sentence are the
         query positions of one attention over its encoder output (each query attends on its own, §3.2.3)."""
-        attention = self.layers[index].encoder_attn
+        attention, project = self.layers[index].encoder_attn, self.weights.project
         rows, sentences = states.shape[0], self.sentences
         query = project(attention.q_proj, states).view(sentences, rows // sentences, self.heads, self.head_dim)
         key, value = self.cross[index]

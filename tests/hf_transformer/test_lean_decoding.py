@@ -227,17 +227,27 @@ def test_projection_through_transposed_weights_gives_the_modules_bits(rows, shap
     for bias in (True, False):
         linear = torch.nn.Linear(in_features, out_features, bias=bias)
         states = torch.randn(rows, 1, in_features, generator=generator)
-        assert torch.equal(generation_vaswani.project(linear, states), linear(states)), bias
+        assert torch.equal(generation_vaswani.TransposedWeights().project(linear, states), linear(states)), bias
 
 
-def test_transposed_weights_follow_in_place_updates():
-    linear = torch.nn.Linear(16, 32)
-    states = torch.randn(6, 1, 16, generator=torch.Generator().manual_seed(0))
-    first = generation_vaswani.project(linear, states)
-    with torch.no_grad():
-        linear.weight.mul_(2.0)  # an optimizer step, a load_state_dict: the cached copy is stale
-    assert torch.equal(generation_vaswani.project(linear, states), linear(states))
-    assert not torch.equal(first, linear(states))
-    key = id(linear.weight)
-    del linear
-    assert key not in generation_vaswani.TRANSPOSED  # the copy goes with its weight
+@pytest.mark.parametrize("fused", [True, False])
+def test_weights_trained_between_two_calls_decode_with_their_new_values(fused):
+    """Validation during training: generate(), optimiser steps, generate() again. torch's fused Adam (the recipes'
+    default) updates the weights in place without bumping their version counter, so no transposed copy may outlive a
+    call: the second call must decode with the new weights, as the library's loop does."""
+    model = reverse_model()
+    model = copy.deepcopy(model)
+    generator = torch.Generator().manual_seed(5)
+    input_ids, attention_mask, labels = reverse_task_batch(generator, 16)
+    lean, library = both_loops(model, input_ids, attention_mask, num_beams=1)
+    assert torch.equal(lean, library)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, fused=fused)
+    model.train()
+    for _ in range(2):
+        model(input_ids=input_ids, attention_mask=attention_mask, labels=labels).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    model.eval()
+    lean_after, library_after = both_loops(model, input_ids, attention_mask, num_beams=1)
+    assert not torch.equal(library_after, library)  # the steps changed what the model decodes
+    assert torch.equal(lean_after, library_after)
