@@ -451,17 +451,18 @@ def test_ctrl_c_stops_like_sigterm_and_a_second_one_interrupts_at_once(tmp_path)
                 for _ in range(self.times):
                     os.kill(os.getpid(), signal.SIGINT)
 
+    before = signal.getsignal(signal.SIGINT)  # Python's default_int_handler; SIG_IGN under `nohup` or a shell's `&`
     trainer = make_trainer(tmp_path / "once", [CtrlC(1), PreemptionCheckpoint()], max_steps=6, val_every=100)
     with pytest.raises(TrainingInterrupted, match="Training interrupted by SIGINT at step 3: wrote the resumable "
                        "checkpoint") as raised:
         trainer.fit(TinyTranslationModule(), TinyDataModule())
     assert raised.value.exit_code == 130 and load_checkpoint_file(raised.value.checkpoint)["global_step"] == 3
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # given back
+    assert signal.getsignal(signal.SIGINT) is before  # given back
 
     trainer = make_trainer(tmp_path / "twice", [CtrlC(2), PreemptionCheckpoint()], max_steps=6, val_every=100)
     try:
         with pytest.raises(SystemExit):  # Lightning: "Detected KeyboardInterrupt, attempting graceful shutdown"
             trainer.fit(TinyTranslationModule(), TinyDataModule())
     finally:
-        signal.signal(signal.SIGINT, signal.default_int_handler)  # Lightning ignores SIGINT after its shutdown
+        signal.signal(signal.SIGINT, before)  # Lightning ignores SIGINT after its shutdown
     assert not (tmp_path / "twice" / "checkpoints" / "last.ckpt").exists()
