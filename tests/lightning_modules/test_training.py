@@ -150,6 +150,7 @@ def test_a_translation_run_trains_with_either_attention_variant(tmp_path_factory
     assert {key: getattr(exported, key) for key in variant} == variant
 
 
+@pytest.mark.slow  # about 3 minutes on 2 cores: .ci/run runs it with the other slow tests
 def test_multi30k_recipe_from_a_local_hub_mirror_learns(tmp_path, hub_mirror):
     """The multi30k_de_en recipe unchanged but for its size and length: `bentrevett/multi30k` is served by an olah
     mirror of a hub-layout copy of ../shared/data/multi30k, and the run reads it through HF_ENDPOINT."""
