@@ -302,10 +302,11 @@ def test_kills_inside_a_checkpoint_write_and_an_export_swap_resume_bitwise(tmp_p
 
 @pytest.mark.slow
 def test_fault_campaign(tmp_path, hub_server):
-    """20 seeded kills over one 320-step run with every callback and a Hub push; the table is printed (-s) and
+    """20 seeded kills over one 480-step run with every callback and a Hub push; the table is printed (-s) and
     written as JSON to $FAULT_CAMPAIGN_JSON (RELIABILITY.md cites it). The run is long enough for 20 kills on a fast
-    machine too (160 steps ended after 16 on an idle core: a kill during a Hub push lands only once a push runs)."""
-    report = run_campaign(tmp_path, steps=320, kills=20, seed=int(os.environ.get("FAULT_CAMPAIGN_SEED", "0")),
+    machine too (160 steps ended after 16 kills on an idle core, and 320 after 17 once SIGTERM points, which run on to
+    the end of a step, joined the mix: a kill during a Hub push lands only once a push runs)."""
+    report = run_campaign(tmp_path, steps=480, kills=20, seed=int(os.environ.get("FAULT_CAMPAIGN_SEED", "0")),
                           hub_server=hub_server)
     output = os.environ.get("FAULT_CAMPAIGN_JSON")
     if output:
