@@ -41,6 +41,10 @@ class InverseSquareRootLR(LRScheduler):
     With `peak_lr` set, fairseq's `inverse_sqrt` form instead: peak_lr * min(step / warmup, sqrt(warmup / step)),
     the same curve rescaled so that its maximum, reached at `warmup_steps`, is `peak_lr`. The optimiser's own
     learning rate is ignored: this schedule sets it (step it every optimiser step, `interval: step`).
+
+    With `cooldown_steps` set, the rate falls linearly to 0 over the last `cooldown_steps` of `total_steps`: the
+    annealing that a run of fixed length gains from (a "warmup-stable-decay" cooldown, Hägele et al. 2024). A task
+    fills `total_steps` from `trainer.max_steps` when it is left None.
     """
 
     def __init__(
@@ -50,23 +54,52 @@ class InverseSquareRootLR(LRScheduler):
         warmup_steps: int = 4000,
         scale: float = 1.0,
         peak_lr: float | None = None,
+        cooldown_steps: int = 0,
+        total_steps: int | None = None,
         last_epoch: int = -1,
     ):
         if warmup_steps < 1:
             raise ValueError(f"`warmup_steps` must be >= 1, got {warmup_steps}.")
+        if cooldown_steps < 0:
+            raise ValueError(f"`cooldown_steps` must be >= 0 (0 = no cooldown), got {cooldown_steps}.")
         if d_model < 1:
             raise ValueError(f"`d_model` must be >= 1, got {d_model}.")
         self.d_model = d_model
         self.warmup_steps = warmup_steps
         self.scale = scale
         self.peak_lr = peak_lr
+        self.cooldown_steps = cooldown_steps
+        self.total_steps: int | None = None
+        if total_steps is not None:
+            self.set_total_steps(total_steps)
         super().__init__(optimizer, last_epoch)
+
+    def set_total_steps(self, total_steps: int) -> None:
+        """The run's length, where the cooldown ends (a task passes `trainer.max_steps`)."""
+        if self.cooldown_steps and not self.warmup_steps + self.cooldown_steps <= total_steps:
+            raise ValueError(
+                f"the cooldown of {self.cooldown_steps} steps after {self.warmup_steps} warmup steps does not fit in "
+                f"a run of {total_steps} steps: set `trainer.max_steps` >= {self.warmup_steps + self.cooldown_steps} "
+                "or a shorter `cooldown_steps`."
+            )
+        self.total_steps = total_steps
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """Resume; the run's own length (set by the task from this run's `trainer.max_steps`) is kept."""
+        total_steps = self.total_steps
+        super().load_state_dict(state_dict)
+        if total_steps is not None:
+            self.total_steps = total_steps
 
     def rate(self, step: int) -> float:
         step = max(step, 1)
         if self.peak_lr is not None:
-            return self.peak_lr * min(step / self.warmup_steps, (self.warmup_steps / step) ** 0.5)
-        return self.scale * self.d_model**-0.5 * min(step**-0.5, step * self.warmup_steps**-1.5)
+            rate = self.peak_lr * min(step / self.warmup_steps, (self.warmup_steps / step) ** 0.5)
+        else:
+            rate = self.scale * self.d_model**-0.5 * min(step**-0.5, step * self.warmup_steps**-1.5)
+        if self.cooldown_steps and self.total_steps is not None:  # the length is set by the task before step 1
+            rate *= min(1.0, max(0.0, (self.total_steps - step + 1) / self.cooldown_steps))
+        return rate
 
     def get_lr(self) -> list[float]:
         # last_epoch counts scheduler steps: 0 before the first optimiser step, which therefore uses step 1

@@ -21,7 +21,8 @@ from huggingface_hub import EvalResult, ModelCardData
 #: The names the card gives the three kinds of exported weights.
 WEIGHT_KINDS = {"best": "weights of the best validation score", "last": "last weights of the run",
                 "average": "average of the last checkpoints (§6.1)"}
-SCORES = (("bleu", "BLEU", "BLEU (sacreBLEU)"), ("chrf", "chrF", "chrF (sacreBLEU)"), ("comet", "COMET", "COMET"))
+SCORES = (("bleu", "BLEU", "BLEU (sacreBLEU)"), ("bleu_lc", "lowercased BLEU", "BLEU (sacreBLEU, lowercased)"),
+          ("chrf", "chrF", "chrF (sacreBLEU)"), ("comet", "COMET", "COMET"))
 
 
 def format_duration(seconds: float) -> str:

@@ -32,6 +32,7 @@ import torch
 import torch.distributed as dist
 from lightning.pytorch import Callback, LightningModule
 from lightning.pytorch.cli import OptimizerCallable
+from lightning.pytorch.plugins.precision import MixedPrecision
 from lightning.pytorch.trainer.states import TrainerFn
 from transformers import PreTrainedModel
 
@@ -292,7 +293,29 @@ class TaskModule(LightningModule):
     def configure_optimizers(self) -> dict:
         optimizer = self.optimizer_factory(self.parameters())
         scheduler = self.scheduler_factory(optimizer, self.model.config.d_model)
+        if getattr(scheduler, "cooldown_steps", 0) and scheduler.total_steps is None:
+            if self.trainer.max_steps < 1:
+                raise ValueError("the schedule's cooldown ends at `trainer.max_steps`: set it (it is -1, unlimited).")
+            scheduler.set_total_steps(self.trainer.max_steps)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def configure_gradient_clipping(self, optimizer: torch.optim.Optimizer, gradient_clip_val: float | None = None,
+                                    gradient_clip_algorithm: str | None = None) -> None:
+        """Clip as Lightning does, and also under bf16-mixed with the fused Adam of `paper_adam`.
+
+        Lightning's mixed-precision plugin refuses to clip for an optimiser that unscales gradients itself (fused
+        Adam), even under bf16, where nothing is scaled. There the gradients are the true ones and are clipped
+        directly; fp16 with its loss scaler keeps Lightning's rule.
+        """
+        plugin = self.trainer.precision_plugin
+        if gradient_clip_val and isinstance(plugin, MixedPrecision) and plugin.scaler is None:
+            parameters = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+            if gradient_clip_algorithm == "value":
+                torch.nn.utils.clip_grad_value_(parameters, gradient_clip_val)
+            else:
+                torch.nn.utils.clip_grad_norm_(parameters, gradient_clip_val)
+            return
+        super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
 
     # ------------------------------------------------------------------------------------------------------------
     # Evaluation: over every example exactly once, whatever the number of ranks

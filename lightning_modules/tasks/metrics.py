@@ -22,11 +22,15 @@ def label_smoothed_loss(
     return loss.sum(), nll.sum(), keep.sum()
 
 
-def corpus_bleu(hypotheses: list[str], reference_streams: list[list[str | None]]) -> tuple[float, str]:
-    """sacreBLEU corpus score and signature. sacreBLEU memoises every line it tokenizes in LRU caches of 65,536
-    entries keyed by the tokenizer object, new for each score: over a long run with frequent validation they filled
-    up and RSS grew by tens of MB (benchmarks/soak.py). Evaluation lines are not scored twice, so they are dropped."""
-    metric = sacrebleu.BLEU()
+def corpus_bleu(hypotheses: list[str], reference_streams: list[list[str | None]],
+                lowercase: bool = False) -> tuple[float, str]:
+    """sacreBLEU corpus score and signature; `lowercase`: the tokenized (13a), lowercased BLEU that older papers
+    report (`case:lc` in the signature), to compare like for like with them.
+
+    sacreBLEU memoises every line it tokenizes in LRU caches of 65,536 entries keyed by the tokenizer object, new for
+    each score: over a long run with frequent validation they filled up and RSS grew by tens of MB
+    (benchmarks/soak.py). Evaluation lines are not scored twice, so they are dropped."""
+    metric = sacrebleu.BLEU(lowercase=lowercase)
     score = metric.corpus_score(hypotheses, reference_streams).score
     for tokenizer in (Tokenizer13a, TokenizerRegexp):
         cache_clear = getattr(tokenizer.__call__, "cache_clear", None)  # functools.lru_cache's, if the method has one

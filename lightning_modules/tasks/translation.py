@@ -97,13 +97,15 @@ class TranslationModule(TaskModule):
     def score(self, records: list[Any]) -> dict[str, float]:
         if not records:
             self.metric_signatures = {}
-            return {"bleu": 0.0, "chrf": 0.0, "exact_match": 0.0, "sentences": 0.0}
+            return {"bleu": 0.0, "bleu_lc": 0.0, "chrf": 0.0, "exact_match": 0.0, "sentences": 0.0}
         sources, hypotheses, references = ([record[k] for record in records] for k in range(3))
         bleu, bleu_signature = corpus_bleu(hypotheses, [references])
+        bleu_lc, bleu_lc_signature = corpus_bleu(hypotheses, [references], lowercase=True)
         chrf, chrf_signature = corpus_chrf(hypotheses, [references])
-        self.metric_signatures = {"bleu": bleu_signature, "chrf": chrf_signature}
+        self.metric_signatures = {"bleu": bleu_signature, "bleu_lc": bleu_lc_signature, "chrf": chrf_signature}
         exact = sum(h.strip() == r.strip() for h, r in zip(hypotheses, references)) / len(records)
-        scores = {"bleu": bleu, "chrf": chrf, "exact_match": exact, "sentences": float(len(records))}
+        scores = {"bleu": bleu, "bleu_lc": bleu_lc, "chrf": chrf, "exact_match": exact,
+                  "sentences": float(len(records))}
         if self.comet_model is not None and self.trainer.testing:
             scores["comet"] = comet_score(self.comet_model, sources, hypotheses, references)
         return scores
@@ -114,8 +116,9 @@ class TranslationModule(TaskModule):
         role = "validation" if prefix == "val" else prefix
         summary = self.evaluations.get(role) or {"sentences": len(records)}
         comet = f", COMET {metrics[f'{prefix}/comet']:.2f}" if f"{prefix}/comet" in metrics else ""
-        return [f"{prefix}: BLEU {metrics[f'{prefix}/bleu']:.2f}, chrF {metrics[f'{prefix}/chrf']:.2f}{comet}, exact "
-                f"match {metrics[f'{prefix}/exact_match']:.1%} on {describe_set(summary, role)}; "
+        return [f"{prefix}: BLEU {metrics[f'{prefix}/bleu']:.2f} (lowercased {metrics[f'{prefix}/bleu_lc']:.2f}), "
+                f"chrF {metrics[f'{prefix}/chrf']:.2f}{comet}, exact match {metrics[f'{prefix}/exact_match']:.1%} "
+                f"on {describe_set(summary, role)}; "
                 f"{describe_decoding(summary.get('decoding'))} ({self.bleu_signature})",
                 *[f"  {source!r} -> {hypothesis!r}  (reference: {reference!r})"
                   for source, hypothesis, reference in records[:3]]]

@@ -3,6 +3,7 @@ BLEU rises on Multi30k read from a local hub mirror, DDP on 2 CPU processes equa
 batch, and a run killed mid-epoch resumes to bitwise the same losses."""
 
 import csv
+import math
 import os
 import signal
 import subprocess
@@ -148,6 +149,39 @@ def test_a_translation_run_trains_with_either_attention_variant(tmp_path_factory
     assert 0.0 <= float(series(rows, "val/bleu")[11]) <= 100.0 and series(rows, "val/sentences")[11] == "100.0"
     exported = AutoConfig.from_pretrained(tmp_path / "run/hf_model")
     assert {key: getattr(exported, key) for key in variant} == variant
+
+
+def test_the_cooldown_ends_at_the_trainers_max_steps_and_lowercased_bleu_is_logged(tmp_path):
+    """A recipe names only `cooldown_steps`: the task reads the run's length from `trainer.max_steps`, so a shorter
+    try (`--trainer.max_steps`) still cools down to its own end."""
+    config = tiny_run_config(tmp_path / "run", tmp_path / "cache", dropout=0.0, batch_size=16)
+    config["trainer"].update(max_steps=16, val_check_interval=16, callbacks=[])
+    config["model"]["lr_scheduler"]["init_args"].update(warmup_steps=4, cooldown_steps=8)
+    check(run_cli(["fit", "--config", write_config(tmp_path / "cooldown.yaml", config)], tmp_path))
+    rows = metrics(tmp_path / "run/csv/version_0/metrics.csv")
+    rates = {step: float(value) for step, value in series(rows, "lr").items()}
+    rate = {step: 3e-3 * min(step / 4, (4 / step) ** 0.5) for step in range(1, 17)}  # without the cooldown
+    # the row of global step s is the (s + 1)-th update; the cooldown scales it by (16 - s) / 8 once below 1
+    for step in (3, 7, 8, 11, 15):
+        assert rates[step] == pytest.approx(rate[step + 1] * min(1.0, (16 - step) / 8)), step
+    assert rates[15] == pytest.approx(rate[16] / 8)  # the last update: one eighth of the uncooled rate
+    bleu, bleu_lc = float(series(rows, "val/bleu")[15]), float(series(rows, "val/bleu_lc")[15])
+    assert 0.0 <= bleu <= bleu_lc <= 100.0
+    config["model"]["lr_scheduler"]["init_args"]["cooldown_steps"] = 14
+    result = run_cli(["fit", "--config", write_config(tmp_path / "too_long.yaml", config)], tmp_path)
+    assert result.returncode != 0 and "does not fit in a run of 16 steps" in result.stderr
+
+
+def test_bf16_mixed_with_gradient_clipping_trains_with_the_fused_adam(tmp_path):
+    """The GPU recipes' setting (bf16-mixed, gradient_clip_val 1.0, paper_adam's fused Adam), on CPU: Lightning's
+    plugin alone refuses to clip for a fused optimiser; the task clips the unscaled bf16 gradients itself."""
+    config = tiny_run_config(tmp_path / "run", tmp_path / "cache", dropout=0.0, batch_size=16)
+    config["trainer"].update(max_steps=6, val_check_interval=6, callbacks=[], precision="bf16-mixed",
+                             gradient_clip_val=1e-3)
+    check(run_cli(["fit", "--config", write_config(tmp_path / "bf16.yaml", config)], tmp_path))
+    losses = [float(value) for value in series(metrics(tmp_path / "run/csv/version_0/metrics.csv"),
+                                               "train/loss").values()]
+    assert len(losses) == 6 and all(math.isfinite(loss) for loss in losses)
 
 
 @pytest.mark.slow  # about 3 minutes on 2 cores: .ci/run runs it with the other slow tests

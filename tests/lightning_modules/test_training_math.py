@@ -52,6 +52,34 @@ def test_peak_lr_form_and_bad_arguments():
                         2.0 * 64**-0.5 * 100**-0.5)
 
 
+def test_cooldown_falls_linearly_to_zero_at_the_last_step_and_the_task_sets_the_length():
+    optimizer = paper_adam([nn.Parameter(torch.zeros(1))])
+    plain = InverseSquareRootLR(optimizer, d_model=256, warmup_steps=100)
+    schedule = InverseSquareRootLR(optimizer, d_model=256, warmup_steps=100, cooldown_steps=200, total_steps=1000)
+    rates = []
+    for _ in range(1000):
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        schedule.step()
+    assert rates[:800] == pytest.approx([plain.rate(step) for step in range(1, 801)], rel=1e-12)  # untouched
+    assert rates[899] == pytest.approx(plain.rate(900) * 101 / 200)  # halfway down the cooldown
+    assert rates[999] == pytest.approx(plain.rate(1000) / 200) and all(b < a for a, b in zip(rates[800:], rates[801:]))
+    with pytest.raises(ValueError, match="cooldown_steps"):
+        InverseSquareRootLR(optimizer, cooldown_steps=-1)
+    with pytest.raises(ValueError, match="does not fit in a run of 250 steps.*max_steps` >= 300"):
+        InverseSquareRootLR(optimizer, warmup_steps=100, cooldown_steps=200, total_steps=250)
+
+
+def test_lowercased_bleu_ignores_case_only():
+    from lightning_modules.tasks.metrics import corpus_bleu
+
+    hypotheses, references = ["A Dog runs on the Grass ."], [["a dog runs on the grass ."]]
+    cased, signature = corpus_bleu(hypotheses, references)
+    lowered, lowered_signature = corpus_bleu(hypotheses, references, lowercase=True)
+    assert cased < 50 and lowered == pytest.approx(100.0)
+    assert "case:mixed" in signature and "case:lc" in lowered_signature and "tok:13a" in lowered_signature
+
+
 def test_corpus_bleu_scores_and_keeps_no_tokenized_lines():
     """Validation BLEU over a long run must not accumulate sacreBLEU's per-line tokenizer caches (soak: RSS growth)."""
     import sacrebleu
