@@ -51,3 +51,18 @@ def test_gpu_script_runs_every_command_in_tiny_mode(tmp_path):
     assert half["environment"]["ctranslate2_compute_types"] == {"ct2": "float32", "ct2 int8": "int8"}  # CPU build
     train = json.loads((tmp_path / "train_step_tiny.json").read_text())
     assert train["benchmark"] == "train_step" and train["results"]
+
+
+def test_gpu_script_multi30k_part_trains_chooses_on_validation_and_tests_in_tiny_mode(tmp_path):
+    """`gpu.sh multi30k` (the GPU Multi30k figure of RESULTS.md) end to end on CPU: the recipe on the local corpus,
+    then the choice on validation and the test score, in one JSON."""
+    from data_utils import multi30k_lines
+
+    multi30k_lines("train.de.gz", 1)  # fails, naming ../shared/data/multi30k, when the corpus is not there
+    proc = run(["bash", "benchmarks/gpu.sh", "--tiny", "multi30k"],
+               env={"BENCHMARK_OUTPUT_DIR": str(tmp_path), "HF_TRANSFORMER_CACHE": str(tmp_path / "cache")})
+    assert "gpu.sh: done" in proc.stdout
+    report = json.loads((tmp_path / "multi30k_de_en_tiny.json").read_text())
+    assert report["fit"]["seconds"] > 0 and "--config multi30k_de_en" in report["fit"]["command"]
+    assert {row["weights"] for row in report["validation"]} >= {"hf_model", "hf_model_last"}
+    assert report["test"]["weights"] == report["choice"]["weights"] and report["test"]["sentences"] == 8
