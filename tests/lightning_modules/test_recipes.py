@@ -17,6 +17,7 @@ from lightning_modules.tasks import CaptioningModule, CausalLanguageModule, Tran
 
 CONFIGS = sorted((REPO_ROOT / "recipes" / "configs").glob("*.yaml"))
 EXPECTED = {"quickstart", "multi30k_de_en", "multi30k_en_de", "iwslt_de_en", "wmt14_en_de_base", "wmt14_en_de_big"}
+EXPECTED |= {"multi30k_de_en_cpu", "multi30k_en_de_cpu"}  # the measured CPU runs of RESULTS.md
 EXPECTED |= {"captioning_shapes", "captioning_flickr8k"}  # image captioning (lightning_modules/tasks/captioning.py)
 EXPECTED |= {"causal_lm_relative", "causal_lm_multi30k_cpu"}  # decoder-only (.../tasks/language_modeling.py)
 EXPECTED |= {"chorales_relative", "chorales_sinusoidal", "pixels_shapes", "pixels_cifar10"}  # music and images
@@ -81,6 +82,18 @@ def test_the_multi30k_recipes_average_their_last_checkpoints_and_sample_validati
         callbacks = {c["class_path"].rsplit(".", 1)[1]: c.get("init_args", {}) for c in recipe["trainer"]["callbacks"]}
         assert callbacks["PeriodicCheckpoint"]["keep"] >= callbacks["CheckpointAveragingCallback"]["last_n"] == 5
         assert "LastCheckpoint" in callbacks and recipe["data"]["init_args"]["validation_sample"] == 512
+
+
+def test_the_cpu_multi30k_recipes_differ_only_in_direction_and_cool_down_inside_their_run():
+    """RESULTS.md measures both directions with one set of settings; the cooldown fits in the run."""
+    de_en, en_de = (yaml.safe_load((CONFIGS[0].parent / f"multi30k_{pair}_cpu.yaml").read_text())
+                    for pair in ("de_en", "en_de"))
+    assert (de_en["data"]["init_args"].pop("source_lang"), de_en["data"]["init_args"].pop("target_lang")) == ("de", "en")
+    assert (en_de["data"]["init_args"].pop("source_lang"), en_de["data"]["init_args"].pop("target_lang")) == ("en", "de")
+    assert de_en == en_de
+    trainer, schedule = de_en["trainer"], de_en["model"]["lr_scheduler"]["init_args"]
+    assert (trainer["accelerator"], trainer["precision"]) == ("cpu", "32-true")
+    assert schedule["warmup_steps"] + schedule["cooldown_steps"] <= trainer["max_steps"]
 
 
 def test_paper_recipes_use_the_papers_hyper_parameters():
