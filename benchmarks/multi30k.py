@@ -17,7 +17,6 @@ it through the project's CLI and adds the test score to that folder's model card
 from __future__ import annotations
 
 import argparse
-import gzip
 import time
 from pathlib import Path
 
@@ -26,7 +25,8 @@ from transformers import AutoModelForSeq2SeqLM
 
 import hf_transformer  # noqa: F401  (registers the Auto classes)
 from hf_transformer import load_tokenizer, translate
-from lightning_modules.tasks.metrics import corpus_bleu, corpus_chrf
+from lightning_modules.data.parallel_text import read_lines
+from lightning_modules.tasks.metrics import translation_scores
 
 from .common import MULTI30K_DIR, RESULTS_DIR, environment, print_table
 from .recipe_runs import write_report
@@ -34,18 +34,9 @@ from .recipe_runs import write_report
 WEIGHTS = ("hf_model", "hf_model_last", "hf_model_averaged")
 
 
-def read_lines(path: Path, limit: int | None = None) -> list[str]:
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt", encoding="utf-8") as handle:
-        return [line.rstrip("\n") for line in handle][:limit]
-
-
 def score(hypotheses: list[str], references: list[str]) -> dict:
-    bleu, bleu_signature = corpus_bleu(hypotheses, [references])
-    bleu_lc, bleu_lc_signature = corpus_bleu(hypotheses, [references], lowercase=True)
-    chrf, chrf_signature = corpus_chrf(hypotheses, [references])
-    return {"bleu": round(bleu, 2), "bleu_lc": round(bleu_lc, 2), "chrf": round(chrf, 2),
-            "signatures": {"bleu": bleu_signature, "bleu_lc": bleu_lc_signature, "chrf": chrf_signature}}
+    scores, signatures = translation_scores(hypotheses, references)  # what `hf-transformer test` reports
+    return {**{key: round(value, 2) for key, value in scores.items()}, "signatures": signatures}
 
 
 def decode_and_score(folder: Path, sources: list[str], references: list[str], length_penalties: list[float],
@@ -101,13 +92,13 @@ def main(argv: list[str] | None = None) -> dict:
     folders = [args.run / name for name in WEIGHTS if (args.run / name / "config.json").is_file()]
     if not folders:
         raise SystemExit(f"no exported weights in {args.run} (looked for {', '.join(WEIGHTS)})")
-    sources, references = (read_lines(path, args.limit) for path in args.validation)
+    sources, references = (read_lines(path)[:args.limit] for path in args.validation)
     grid = [row for folder in folders
             for row in decode_and_score(folder, sources, references, args.length_penalties, args.num_beams)]
     header = ["weights", "length penalty", "BLEU", "BLEU lc", "chrF", "s"]
     print_table(f"validation ({len(sources)} sentences, beam {args.num_beams})", header, [table_row(r) for r in grid])
     chosen = max(grid, key=lambda row: (row["bleu"], row["chrf"]))
-    test_sources, test_references = (read_lines(path, args.limit) for path in args.test)
+    test_sources, test_references = (read_lines(path)[:args.limit] for path in args.test)
     test = decode_and_score(args.run / chosen["weights"], test_sources, test_references, [chosen["length_penalty"]],
                             args.num_beams)[0]
     print_table(f"test, the validation's choice ({len(test_sources)} sentences)", header, [table_row(test)])

@@ -39,6 +39,15 @@ def corpus_bleu(hypotheses: list[str], reference_streams: list[list[str | None]]
     return score, str(metric.get_signature())
 
 
+def translation_scores(hypotheses: list[str], references: list[str]) -> tuple[dict[str, float], dict[str, str]]:
+    """sacreBLEU's BLEU, lowercased BLEU and chrF of hypotheses against one reference each, and their signatures."""
+    bleu, bleu_signature = corpus_bleu(hypotheses, [references])
+    bleu_lc, bleu_lc_signature = corpus_bleu(hypotheses, [references], lowercase=True)
+    chrf, chrf_signature = corpus_chrf(hypotheses, [references])
+    return ({"bleu": bleu, "bleu_lc": bleu_lc, "chrf": chrf},
+            {"bleu": bleu_signature, "bleu_lc": bleu_lc_signature, "chrf": chrf_signature})
+
+
 def corpus_chrf(hypotheses: list[str], reference_streams: list[list[str | None]]) -> tuple[float, str]:
     """sacreBLEU's chrF (character 6-grams, beta 2; Popović 2015) and its signature: robust where BLEU's word
     n-grams are sparse (morphologically rich targets, short sentences)."""

@@ -19,7 +19,7 @@ from hf_transformer.translation import paper_generation_config
 from ..schedules import ScheduleCallable, inverse_sqrt_schedule, paper_adam
 from ..callbacks.model_card import describe_decoding, describe_set
 from .base import TaskModule, gather_objects
-from .metrics import comet_score, corpus_bleu, corpus_chrf, label_smoothed_loss
+from .metrics import comet_score, label_smoothed_loss, translation_scores
 
 
 class TranslationModule(TaskModule):
@@ -99,13 +99,9 @@ class TranslationModule(TaskModule):
             self.metric_signatures = {}
             return {"bleu": 0.0, "bleu_lc": 0.0, "chrf": 0.0, "exact_match": 0.0, "sentences": 0.0}
         sources, hypotheses, references = ([record[k] for record in records] for k in range(3))
-        bleu, bleu_signature = corpus_bleu(hypotheses, [references])
-        bleu_lc, bleu_lc_signature = corpus_bleu(hypotheses, [references], lowercase=True)
-        chrf, chrf_signature = corpus_chrf(hypotheses, [references])
-        self.metric_signatures = {"bleu": bleu_signature, "bleu_lc": bleu_lc_signature, "chrf": chrf_signature}
+        scores, self.metric_signatures = translation_scores(hypotheses, references)
         exact = sum(h.strip() == r.strip() for h, r in zip(hypotheses, references)) / len(records)
-        scores = {"bleu": bleu, "bleu_lc": bleu_lc, "chrf": chrf, "exact_match": exact,
-                  "sentences": float(len(records))}
+        scores.update(exact_match=exact, sentences=float(len(records)))
         if self.comet_model is not None and self.trainer.testing:
             scores["comet"] = comet_score(self.comet_model, sources, hypotheses, references)
         return scores
