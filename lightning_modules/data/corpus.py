@@ -358,10 +358,8 @@ class CorpusDataModule(TokenizerLinks, LightningDataModule):
         return "local files: " + ", ".join(Path(path).name for path in files) if files else "unknown"
 
     def split_dataset_name(self, split: str) -> str:
-        """Name of the data a split is read from, for evaluation records: the hub id, or that split's local files
-        (a data module that names its corpus itself, e.g. a generated one, keeps its name)."""
-        own_name = type(self).dataset_name is not CorpusDataModule.dataset_name
-        files = (self.data_files or {}).get(parse_split(split)[0], []) if self.dataset is None and not own_name else []
+        """Name of the data a split is read from, for evaluation records: the hub id, or that split's local files."""
+        files = (self.data_files or {}).get(parse_split(split)[0], []) if self.dataset is None else []
         files = [files] if isinstance(files, str) else files
         return "local files: " + ", ".join(Path(path).name for path in files) if files else self.dataset_name
 

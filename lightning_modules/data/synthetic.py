@@ -215,5 +215,8 @@ class NumbersDataModule(TranslationDataModule):
     def dataset_name(self) -> str:
         return "synthetic English-German number words"
 
+    def split_dataset_name(self, split: str) -> str:
+        return self.dataset_name  # every split is of the generated corpus, whatever files it was written to
+
 
 __all__ = ["NumbersDataModule", "english_number", "german_number", "number_splits", "write_numbers_corpus"]
