@@ -58,7 +58,8 @@ BEAM_FREE = -1.0e9  # the library's "never chosen" score (beams 2..K at the star
 # below 4 rows on CPU): the loop never runs fewer rows than this where the library runs more, so that every row gets
 # the bits the library's loop gives it.
 MIN_ROWS = 4
-# ... and with transposed weights (see `TransposedWeights`) when the layer has fewer output features than this (MKL: under 12).
+# ... and with transposed weights (see `TransposedWeights`) when the layer has fewer output features than this
+# (MKL: under 12).
 MIN_FEATURES = 16
 
 
@@ -141,14 +142,13 @@ class TransposedWeights:
     """The (in, out) copies of one decoding call's weights, each made on first use."""
 
     def __init__(self) -> None:
-        self.copies: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # id(weight) -> (weight, W^T)
+        self.copies: dict[int, torch.Tensor] = {}  # id(weight) -> W^T (the model holds its weights through the call)
 
     def of(self, weight: torch.Tensor) -> torch.Tensor:
         """A contiguous (in, out) copy of `weight` (out, in)."""
-        entry = self.copies.get(id(weight))
-        if entry is None or entry[0] is not weight:
-            entry = self.copies[id(weight)] = (weight, weight.detach().t().contiguous())
-        return entry[1]
+        if id(weight) not in self.copies:
+            self.copies[id(weight)] = weight.detach().t().contiguous()
+        return self.copies[id(weight)]
 
     def project(self, linear: nn.Module, states: torch.Tensor) -> torch.Tensor:
         """linear(states) for states (N, 1, D_in): through the transposed weights for a float32 nn.Linear on CPU with

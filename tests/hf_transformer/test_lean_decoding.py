@@ -235,8 +235,7 @@ def test_weights_trained_between_two_calls_decode_with_their_new_values(fused):
     """Validation during training: generate(), optimiser steps, generate() again. torch's fused Adam (the recipes'
     default) updates the weights in place without bumping their version counter, so no transposed copy may outlive a
     call: the second call must decode with the new weights, as the library's loop does."""
-    model = reverse_model()
-    model = copy.deepcopy(model)
+    model = copy.deepcopy(reverse_model())  # trained below: not the shared cached model
     generator = torch.Generator().manual_seed(5)
     input_ids, attention_mask, labels = reverse_task_batch(generator, 16)
     lean, library = both_loops(model, input_ids, attention_mask, num_beams=1)
