@@ -17,8 +17,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT="${BENCHMARK_OUTPUT_DIR:-benchmarks/results}"
 mkdir -p "$OUT"
-TINY=(); if [ "${1:-}" = "--tiny" ]; then TINY=(--tiny); shift; fi
-if [ ${#TINY[@]} -gt 0 ]; then
+if [ "${1:-}" = "--tiny" ]; then
+    shift
     MODE=(--device cpu --tiny --threads 1); SUFFIX=tiny; LIMIT=600
 else
     MODE=(--device cuda); SUFFIX=gpu; LIMIT=240
