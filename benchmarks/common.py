@@ -181,11 +181,12 @@ def marian_twin(model: VaswaniForConditionalGeneration) -> MarianMTModel:
     return marian.train(model.training)
 
 
-def model_pair(size: str, vocab_size: int, device: torch.device, seed: int = 0,
-               max_positions: int = 512) -> tuple[VaswaniForConditionalGeneration, MarianMTModel]:
+def model_pair(size: str, vocab_size: int, device: torch.device, seed: int = 0, max_positions: int = 512,
+               attn_implementation: str = "sdpa") -> tuple[VaswaniForConditionalGeneration, MarianMTModel]:
+    """Ours and its Marian twin holding the same weights, both on the attention backend named."""
     torch.manual_seed(seed)
     ours = VaswaniForConditionalGeneration(vaswani_config(size, vocab_size, max_positions))
-    ours.set_attn_implementation("sdpa")
+    ours.set_attn_implementation(attn_implementation)
     ours.to(device)
     return ours, marian_twin(ours)
 

@@ -9,6 +9,8 @@ GPU, float32 on CPU).
     python -m benchmarks.train_step --sizes base --quick
     python -m benchmarks.train_step --device cpu --tiny --dtype bf16 --compile   # every GPU code path, on CPU
     python -m benchmarks.train_step --profile --sizes base   # torch.profiler tables of one step of each model
+    python -m benchmarks.train_step --device cpu --sizes small --data multi30k --max-tokens 4096 --dtype bf16 \\
+        --attn-implementation eager   # the step of the CPU Multi30k recipes (RESULTS.md)
 """
 
 from __future__ import annotations
@@ -86,6 +88,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--compile", action="store_true", help="torch.compile both models' forward")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory step")
     parser.add_argument("--profile", action="store_true", help="print torch.profiler tables and exit")
+    parser.add_argument("--attn-implementation", choices=["sdpa", "eager"], default="sdpa",
+                        help="attention backend of both models (the CPU Multi30k recipes use eager under bf16)")
     return parser.parse_args()
 
 
@@ -137,7 +141,8 @@ def main() -> None:
     pools = data_sets(args, device, args.vocab_size, tokenizer)
     results = []
     for size in sizes:
-        ours, marian = common.model_pair(size, args.vocab_size, device, seed=args.seed)
+        ours, marian = common.model_pair(size, args.vocab_size, device, seed=args.seed,
+                                         attn_implementation=args.attn_implementation)
         ours.train()
         marian.train()
         forward = {"ours": ours, "marian": marian}
@@ -164,11 +169,12 @@ def main() -> None:
         return
     peak = max(peak, common.matmul_peak(device, peak_dtype, quick=args.tiny))  # a busy moment at start
     common.print_table(
-        f"Training step ({env['dtype']}, {env['device']}; MFU over the measured {peak_label}, "
-        f"{peak / 1e12:.2f} TFLOP/s; median of {repeats} interleaved repetitions)",
+        f"Training step ({env['dtype']}, {args.attn_implementation} attention, {env['device']}; MFU over the measured "
+        f"{peak_label}, {peak / 1e12:.2f} TFLOP/s; median of {repeats} interleaved repetitions)",
         ["size", "data", "batches", "padding", "ours tok/s", "marian tok/s", "time ours/marian", "MFU ours",
          "MFU marian", "peak MiB ours", "peak MiB marian"], [table_row(entry) for entry in results])
     payload = {"benchmark": "train_step", "environment": env, "compile": args.compile,
+               "attn_implementation": args.attn_implementation,
                "matmul_peak_flops": peak, "matmul_peak_kind": peak_label, "repeats": repeats, "results": results}
     path = common.write_json("train_step", args, payload)
     plot(results, path.with_suffix(".png"), env)
