@@ -68,7 +68,8 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
                         help="default: val.<lang>.gz of $MULTI30K_DIR")
     parser.add_argument("--test", type=Path, nargs=2, metavar=("SOURCE", "REFERENCE"),
                         help="default: test_2016_flickr.<lang>.gz of $MULTI30K_DIR")
-    parser.add_argument("--length-penalties", default="0.6,1.0,1.4", help="comma-separated alphas (§6.1: 0.6)")
+    parser.add_argument("--length-penalties", default="0.6,1.0,1.4,2.0",
+                        help="comma-separated alphas (§6.1: 0.6)")
     parser.add_argument("--num-beams", type=int, default=4)
     parser.add_argument("--limit", type=int, default=None, help="only the first N lines of each file (smoke tests)")
     parser.add_argument("--fit-seconds", type=float, default=None, help="the run's fit wall time, for the report")
