@@ -10,7 +10,7 @@ GPU, float32 on CPU).
     python -m benchmarks.train_step --device cpu --tiny --dtype bf16 --compile   # every GPU code path, on CPU
     python -m benchmarks.train_step --profile --sizes base   # torch.profiler tables of one step of each model
     python -m benchmarks.train_step --device cpu --sizes small --data multi30k --max-tokens 4096 --dtype bf16 \\
-        --attn-implementation eager   # the step of the CPU Multi30k recipes (RESULTS.md)
+        --attn-implementation eager   # the tried bf16 step of the CPU Multi30k model (RESULTS.md)
 """
 
 from __future__ import annotations
@@ -89,7 +89,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory step")
     parser.add_argument("--profile", action="store_true", help="print torch.profiler tables and exit")
     parser.add_argument("--attn-implementation", choices=["sdpa", "eager"], default="sdpa",
-                        help="attention backend of both models (the CPU Multi30k recipes use eager under bf16)")
+                        help="attention backend of both models (on a CPU, bf16 autocast is fast only with eager)")
     return parser.parse_args()
 
 

@@ -39,6 +39,13 @@ def corpus_bleu(hypotheses: list[str], reference_streams: list[list[str | None]]
     return score, str(metric.get_signature())
 
 
+def corpus_chrf(hypotheses: list[str], reference_streams: list[list[str | None]]) -> tuple[float, str]:
+    """sacreBLEU's chrF (character 6-grams, beta 2; Popović 2015) and its signature: robust where BLEU's word
+    n-grams are sparse (morphologically rich targets, short sentences)."""
+    metric = sacrebleu.CHRF()
+    return metric.corpus_score(hypotheses, reference_streams).score, str(metric.get_signature())
+
+
 def translation_scores(hypotheses: list[str], references: list[str]) -> tuple[dict[str, float], dict[str, str]]:
     """sacreBLEU's BLEU, lowercased BLEU and chrF of hypotheses against one reference each, and their signatures."""
     bleu, bleu_signature = corpus_bleu(hypotheses, [references])
@@ -46,13 +53,6 @@ def translation_scores(hypotheses: list[str], references: list[str]) -> tuple[di
     chrf, chrf_signature = corpus_chrf(hypotheses, [references])
     return ({"bleu": bleu, "bleu_lc": bleu_lc, "chrf": chrf},
             {"bleu": bleu_signature, "bleu_lc": bleu_lc_signature, "chrf": chrf_signature})
-
-
-def corpus_chrf(hypotheses: list[str], reference_streams: list[list[str | None]]) -> tuple[float, str]:
-    """sacreBLEU's chrF (character 6-grams, beta 2; Popović 2015) and its signature: robust where BLEU's word
-    n-grams are sparse (morphologically rich targets, short sentences)."""
-    metric = sacrebleu.CHRF()
-    return metric.corpus_score(hypotheses, reference_streams).score, str(metric.get_signature())
 
 
 def comet_score(model_name: str, sources: list[str], hypotheses: list[str], references: list[str],
