@@ -75,13 +75,14 @@ def eval_results(task: str, pair: str | None, evaluations: dict[str, Any], datas
         if not summary:
             continue
         split = (summary.get("set") or {}).get("split", role)
+        scored_on = (summary.get("set") or {}).get("dataset") or dataset  # a split's own files, not the training ones
         for key, _, name in SCORES:
             value = summary.get("metrics", {}).get(key)
             if value is None:
                 continue
             results.append(EvalResult(
                 task_type=task, task_name=f"Translation {pair}" if pair else task.replace("-", " ").capitalize(),
-                dataset_type=dataset, dataset_name=f"{dataset} ({role})", dataset_split=split, metric_type=key,
+                dataset_type=scored_on, dataset_name=f"{scored_on} ({role})", dataset_split=split, metric_type=key,
                 metric_name=name, metric_value=round(float(value), 4),
                 metric_config=(summary.get("signatures") or {}).get(key)))
     return results

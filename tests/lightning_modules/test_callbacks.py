@@ -290,6 +290,25 @@ def test_the_command_line_in_the_card_and_the_push_callback_repr_hide_tokens():
     assert "hf_secret" not in repr(HubPushCallback("org/name", token="hf_secret"))
 
 
+def test_the_model_index_names_the_data_each_split_was_scored_on():
+    """A run on local files: the test score's model-index entry names the test files, not the training ones."""
+    from lightning_modules.callbacks.model_card import eval_results
+
+    test_set = {"dataset": "local files: test.de.gz, test.en.gz", "split": "test", "pairs": 3, "total": 3}
+    summary = {"metrics": {"bleu": 41.78146, "chrf": 60.98}, "set": test_set, "signatures": {"bleu": "nrefs:1|x"}}
+    results = eval_results("translation", "de-en", {"test": summary, "validation": None},
+                           "local files: train.de.gz, train.en.gz")
+    assert [(r.metric_type, r.metric_value, r.dataset_split) for r in results] == [("bleu", 41.7815, "test"),
+                                                                                   ("chrf", 60.98, "test")]
+    assert {(r.dataset_type, r.dataset_name) for r in results} == {
+        ("local files: test.de.gz, test.en.gz", "local files: test.de.gz, test.en.gz (test)")}
+    assert results[0].metric_config == "nrefs:1|x"
+    # a summary without its set's name (a record written before the set was recorded) falls back to the corpus
+    older = eval_results("translation", "de-en", {"test": {"metrics": {"bleu": 1.0}}}, "org/corpus")
+    assert (older[0].dataset_type, older[0].dataset_name, older[0].dataset_split) == ("org/corpus", "org/corpus (test)",
+                                                                                      "test")
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Checkpoint averaging
 # ----------------------------------------------------------------------------------------------------------------
