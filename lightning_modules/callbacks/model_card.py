@@ -74,8 +74,8 @@ def eval_results(task: str, pair: str | None, evaluations: dict[str, Any], datas
     for role, summary in evaluations.items():
         if not summary:
             continue
-        split = (summary.get("set") or {}).get("split", role)
-        scored_on = (summary.get("set") or {}).get("dataset") or dataset  # a split's own files, not the training ones
+        scored = summary.get("set") or {}
+        split, scored_on = scored.get("split", role), scored.get("dataset") or dataset  # the split's own data
         for key, _, name in SCORES:
             value = summary.get("metrics", {}).get(key)
             if value is None:
