@@ -150,8 +150,8 @@ class TaskModule(LightningModule):
         lr_scheduler: (optimiser, d_model) -> schedule, stepped every optimiser step; default the warmup /
             inverse-square-root schedule of §5.3 with 4000 warmup steps.
         compile: `torch.compile` the model's forward for the training steps (one graph, no breaks; the backward is
-            compiled with it). None = on when training on CUDA, where it pays, off on CPU, where compiling takes
-            longer than it saves on short runs (see benchmarks/README.md).
+            compiled with it). None = on when training on CUDA, off on CPU, where the compiled step measured slower
+            than the eager one, even after compiling (benchmarks/README.md).
         pretrained: An exported folder or a Hub model id whose weights (and configuration: `model_config` only
             overrides fields of it) the model starts from: to evaluate an export (`test --ckpt_path FOLDER` sets it)
             or to fine-tune one.
