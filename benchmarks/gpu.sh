@@ -5,13 +5,15 @@
 #      sentences, beam 4); BLEU of a trained model when BLEU_MODEL names its folder (copy it next to the repository);
 #   2. the training step (bf16, MFU over the measured bf16 matmul peak; benchmarks/train_step.py, small/base/big).
 # Each step has its own time limit, so one that hangs cannot eat the others' share of the lease.
-# `multi30k` instead runs the Multi30k GPU figure of RESULTS.md (issue 15), a run of its own (about 10 minutes): the
-# multi30k_de_en recipe (bf16-mixed) on the local files of $MULTI30K_DIR (default ../shared/data/multi30k; the GPU
-# machine needs `datasets`), then benchmarks/multi30k.py (weights and length penalty chosen on validation, test2016).
+# `multi30k [de-en|en-de]` instead runs a Multi30k GPU figure of RESULTS.md (issue 15), a run of its own (about 10
+# minutes; de-en when no direction is given): the multi30k_de_en or multi30k_en_de recipe (bf16-mixed) on the local
+# files of $MULTI30K_DIR (default ../shared/data/multi30k; the GPU machine needs `datasets`), then
+# benchmarks/multi30k.py (weights and length penalty chosen on validation, test2016).
 #
-#   benchmarks/gpu.sh                    # on the GPU machine: JSON files in benchmarks/results/*_gpu*.json
-#   benchmarks/gpu.sh multi30k           # on the GPU machine: benchmarks/results/multi30k_de_en_gpu.json
-#   benchmarks/gpu.sh --tiny [multi30k]  # every command in its tiny mode on CPU (tests/benchmarks/test_decode.py)
+#   benchmarks/gpu.sh                       # on the GPU machine: JSON files in benchmarks/results/*_gpu*.json
+#   benchmarks/gpu.sh multi30k [en-de]      # on the GPU machine: benchmarks/results/multi30k_de_en_gpu.json
+#                                           #   (multi30k_en_de_gpu.json)
+#   benchmarks/gpu.sh --tiny [multi30k ..]  # every command in its tiny mode on CPU (tests/benchmarks/test_decode.py)
 #   BENCHMARK_OUTPUT_DIR=/tmp/x benchmarks/gpu.sh --tiny
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -30,10 +32,16 @@ run() { echo "+ $*"; timeout "$LIMIT" "$@"; }
 nvidia-smi --query-gpu=name,memory.total --format=csv 2>/dev/null || echo "no nvidia-smi (CPU run)"
 
 if [ "${1:-}" = "multi30k" ]; then
+    case "${2:-de-en}" in
+        de-en) SRC=de; TGT=en ;;
+        en-de) SRC=en; TGT=de ;;
+        *) echo "gpu.sh: multi30k takes a direction, de-en or en-de, got '$2'" >&2; exit 2 ;;
+    esac
+    NAME="multi30k_${SRC}_${TGT}"  # the recipe, and the report's name
     DATA="${MULTI30K_DIR:-$(cd .. && pwd)/shared/data/multi30k}"
-    RUN="$OUT/multi30k_de_en_${SUFFIX}_run"
+    RUN="$OUT/${NAME}_${SUFFIX}_run"
     FILES="{train: [$DATA/train.de.gz, $DATA/train.en.gz], validation: [$DATA/val.de.gz, $DATA/val.en.gz], test: [$DATA/test_2016_flickr.de.gz, $DATA/test_2016_flickr.en.gz]}"
-    FIT=(python -m recipes fit --config multi30k_de_en --trainer.default_root_dir "$RUN"
+    FIT=(python -m recipes fit --config "$NAME" --trainer.default_root_dir "$RUN"
          --data.init_args.dataset null --data.init_args.data_files "$FILES")
     SCORE=()
     if [ "$SUFFIX" = tiny ]; then  # a few steps of a shrunk model on CPU: the same commands, seconds
@@ -49,8 +57,8 @@ if [ "${1:-}" = "multi30k" ]; then
     started=$(date +%s)
     run "${FIT[@]}"
     seconds=$(( $(date +%s) - started ))
-    run python -m benchmarks.multi30k "$RUN" --source-lang de --target-lang en "${SCORE[@]}" \
-        --fit-seconds "$seconds" --fit-command "${FIT[*]}" --output "$OUT/multi30k_de_en_${SUFFIX}.json"
+    run python -m benchmarks.multi30k "$RUN" --source-lang "$SRC" --target-lang "$TGT" "${SCORE[@]}" \
+        --fit-seconds "$seconds" --fit-command "${FIT[*]}" --output "$OUT/${NAME}_${SUFFIX}.json"
     echo "gpu.sh: done, results in $OUT"
     exit 0
 fi

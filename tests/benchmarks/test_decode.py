@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 from helpers import REPO_ROOT
 
 ENGINES = ["marian", "ours (library loop)", "ours", "ours int8", "ct2", "ct2 int8"]
@@ -53,16 +54,26 @@ def test_gpu_script_runs_every_command_in_tiny_mode(tmp_path):
     assert train["benchmark"] == "train_step" and train["results"]
 
 
-def test_gpu_script_multi30k_part_trains_chooses_on_validation_and_tests_in_tiny_mode(tmp_path):
-    """`gpu.sh multi30k` (the GPU Multi30k figure of RESULTS.md) end to end on CPU: the recipe on the local corpus,
-    then the choice on validation and the test score, in one JSON."""
+@pytest.mark.parametrize("direction", [[], ["en-de"]], ids=["default de-en", "en-de"])
+def test_gpu_script_multi30k_part_trains_chooses_on_validation_and_tests_in_tiny_mode(tmp_path, direction):
+    """`gpu.sh multi30k [en-de]` (the GPU Multi30k figures of RESULTS.md) end to end on CPU: the direction's recipe on
+    the local corpus, then the choice on validation and the test score, in one JSON."""
     from data_utils import multi30k_lines
 
     multi30k_lines("train.de.gz", 1)  # fails, naming ../shared/data/multi30k, when the corpus is not there
-    proc = run(["bash", "benchmarks/gpu.sh", "--tiny", "multi30k"],
+    name = "multi30k_en_de" if direction else "multi30k_de_en"
+    proc = run(["bash", "benchmarks/gpu.sh", "--tiny", "multi30k", *direction],
                env={"BENCHMARK_OUTPUT_DIR": str(tmp_path), "HF_TRANSFORMER_CACHE": str(tmp_path / "cache")})
     assert "gpu.sh: done" in proc.stdout
-    report = json.loads((tmp_path / "multi30k_de_en_tiny.json").read_text())
-    assert report["fit"]["seconds"] > 0 and "--config multi30k_de_en" in report["fit"]["command"]
+    report = json.loads((tmp_path / f"{name}_tiny.json").read_text())
+    assert report["fit"]["seconds"] > 0 and f"--config {name} " in report["fit"]["command"]
+    assert report["pair"] == ("en-de" if direction else "de-en")
     assert {row["weights"] for row in report["validation"]} >= {"hf_model", "hf_model_last"}
     assert report["test"]["weights"] == report["choice"]["weights"] and report["test"]["sentences"] == 8
+
+
+def test_gpu_script_multi30k_refuses_an_unknown_direction(tmp_path):
+    proc = subprocess.run(["bash", "benchmarks/gpu.sh", "--tiny", "multi30k", "fr-en"], cwd=REPO_ROOT, text=True,
+                          capture_output=True, env={**os.environ, "BENCHMARK_OUTPUT_DIR": str(tmp_path)})
+    assert proc.returncode == 2 and "de-en or en-de, got 'fr-en'" in proc.stderr
+    assert not list(tmp_path.glob("multi30k_*"))  # nothing started
