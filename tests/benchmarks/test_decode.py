@@ -54,20 +54,20 @@ def test_gpu_script_runs_every_command_in_tiny_mode(tmp_path):
     assert train["benchmark"] == "train_step" and train["results"]
 
 
-@pytest.mark.parametrize("direction", [[], ["en-de"]], ids=["default de-en", "en-de"])
-def test_gpu_script_multi30k_part_trains_chooses_on_validation_and_tests_in_tiny_mode(tmp_path, direction):
+@pytest.mark.parametrize("arguments, pair", [([], "de-en"), (["en-de"], "en-de")], ids=["default de-en", "en-de"])
+def test_gpu_script_multi30k_part_trains_chooses_on_validation_and_tests_in_tiny_mode(tmp_path, arguments, pair):
     """`gpu.sh multi30k [en-de]` (the GPU Multi30k figures of RESULTS.md) end to end on CPU: the direction's recipe on
     the local corpus, then the choice on validation and the test score, in one JSON."""
     from data_utils import multi30k_lines
 
     multi30k_lines("train.de.gz", 1)  # fails, naming ../shared/data/multi30k, when the corpus is not there
-    name = "multi30k_en_de" if direction else "multi30k_de_en"
-    proc = run(["bash", "benchmarks/gpu.sh", "--tiny", "multi30k", *direction],
+    name = "multi30k_" + pair.replace("-", "_")  # the recipe and the report
+    proc = run(["bash", "benchmarks/gpu.sh", "--tiny", "multi30k", *arguments],
                env={"BENCHMARK_OUTPUT_DIR": str(tmp_path), "HF_TRANSFORMER_CACHE": str(tmp_path / "cache")})
     assert "gpu.sh: done" in proc.stdout
     report = json.loads((tmp_path / f"{name}_tiny.json").read_text())
     assert report["fit"]["seconds"] > 0 and f"--config {name} " in report["fit"]["command"]
-    assert report["pair"] == ("en-de" if direction else "de-en")
+    assert report["pair"] == pair
     assert {row["weights"] for row in report["validation"]} >= {"hf_model", "hf_model_last"}
     assert report["test"]["weights"] == report["choice"]["weights"] and report["test"]["sentences"] == 8
 
