@@ -86,15 +86,22 @@ def test_the_multi30k_recipes_average_their_last_checkpoints_and_sample_validati
 
 def test_the_cpu_multi30k_recipes_are_the_measured_ones_and_cool_down_inside_their_run():
     """RESULTS.md: both directions are the bf16 hour (eager kernel, attention and FFN dropout, a 57-minute bound);
-    en->de runs 3,000 steps (validated every 600) so that its cooldown ends inside the hour, de->en 3,400 (every 680);
-    nothing else differs but the direction, and each cooldown fits in its run."""
+    de->en at d_model 256 (3 + 3 layers, 3,400 steps, validated every 680, cooldown 1,100), en->de at the anchor's
+    size (d_model 128, 4 + 4 layers, 4,400 steps, every 880, cooldown 1,600, ending inside the hour); nothing else
+    differs but the direction, and each cooldown fits in its run."""
     de_en, en_de = (yaml.safe_load((CONFIGS[0].parent / f"multi30k_{pair}_cpu.yaml").read_text())
                     for pair in ("de_en", "en_de"))
-    for recipe, pair, steps, every in ((de_en, ("de", "en"), 3400, 680), (en_de, ("en", "de"), 3000, 600)):
-        data, trainer, schedule = recipe["data"]["init_args"], recipe["trainer"], recipe["model"]["lr_scheduler"]
+    shape = ("d_model", "encoder_layers", "decoder_layers", "encoder_attention_heads", "decoder_attention_heads",
+             "encoder_ffn_dim", "decoder_ffn_dim")
+    for recipe, pair, sizes, steps, every, cooldown in (
+            (de_en, ("de", "en"), (256, 3, 3, 8, 8, 512, 512), 3400, 680, 1100),
+            (en_de, ("en", "de"), (128, 4, 4, 4, 4, 256, 256), 4400, 880, 1600)):
+        data, trainer, model = recipe["data"]["init_args"], recipe["trainer"], recipe["model"]
         assert (data.pop("source_lang"), data.pop("target_lang")) == pair
+        assert tuple(model["model_config"].pop(field) for field in shape) == sizes
         assert (trainer.pop("max_steps"), trainer.pop("val_check_interval")) == (steps, every)
-        assert schedule["init_args"]["warmup_steps"] + schedule["init_args"]["cooldown_steps"] <= steps
+        schedule = model["lr_scheduler"]["init_args"]
+        assert schedule.pop("cooldown_steps") == cooldown and schedule["warmup_steps"] + cooldown <= steps
     assert de_en == en_de  # so what is checked of one below holds for both
     trainer = de_en["trainer"]
     assert (trainer["accelerator"], trainer["precision"], trainer["max_time"]) == ("cpu", "bf16-mixed", "00:00:57:00")
