@@ -88,7 +88,7 @@ def test_the_cpu_multi30k_recipes_are_the_measured_ones_and_cool_down_inside_the
     """RESULTS.md: both directions are the bf16 hour (eager kernel, attention and FFN dropout, a 57-minute bound);
     de->en at d_model 256 (3 + 3 layers, 3,400 steps, validated every 680, cooldown 1,100), en->de at the anchor's
     size (d_model 128, 4 + 4 layers, 4,400 steps, every 880, cooldown 1,600, ending inside the hour); nothing else
-    differs but the direction, and each cooldown fits in its run."""
+    differs, and each cooldown fits in its run."""
     de_en, en_de = (yaml.safe_load((CONFIGS[0].parent / f"multi30k_{pair}_cpu.yaml").read_text())
                     for pair in ("de_en", "en_de"))
     shape = ("d_model", "encoder_layers", "decoder_layers", "encoder_attention_heads", "decoder_attention_heads",
