@@ -34,6 +34,7 @@ from lightning.pytorch import Callback, LightningModule
 from lightning.pytorch.cli import OptimizerCallable
 from lightning.pytorch.plugins.precision import MixedPrecision
 from lightning.pytorch.trainer.states import TrainerFn
+from lightning.pytorch.utilities import rank_zero_warn
 from transformers import PreTrainedModel
 
 from hf_transformer import VaswaniConfig
@@ -45,6 +46,7 @@ from ..callbacks.preemption import PreemptionCheckpoint
 from ..callbacks.results import EvaluationOutputs
 from ..callbacks.throughput import TokenThroughput
 from ..checkpointing import MODEL_KEY, describe_model
+from ..hardware import cpu_bf16_slowdown, slow_bf16_advice
 from ..redaction import known_secrets, redact_command
 from ..runs import (
     RUN_KEY,
@@ -262,11 +264,16 @@ class TaskModule(LightningModule):
         return self.compiled_forward if self.training and self.compiled_forward is not None else self.model
 
     def on_fit_start(self) -> None:
-        """Resolve `compile` now that the model is on its device (auto: CUDA and an unsharded model)."""
+        """Resolve `compile` now that the model is on its device (auto: CUDA and an unsharded model); warn when bf16
+        was asked of a CPU that only emulates it."""
         use = self.compile_model if self.compile_model is not None else (
             self.device.type == "cuda" and not self.is_sharded())
         if use and self.compiled_forward is None:
             self.compiled_forward = torch.compile(self.model.forward)
+        if self.device.type == "cpu" and str(self.trainer.precision).startswith("bf16"):
+            advice = slow_bf16_advice(str(self.trainer.precision), cpu_bf16_slowdown())
+            if advice is not None:
+                rank_zero_warn(advice)
 
     def training_step(self, batch: dict, batch_idx: int) -> dict[str, torch.Tensor]:
         loss_sum, nll_sum, tokens = self.forward_loss(batch)

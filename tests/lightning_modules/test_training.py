@@ -15,6 +15,8 @@ import yaml
 from data_utils import multi30k_hub_tables, write_hub_layout
 from helpers import REPO_ROOT, TESTS_DIR
 
+from lightning_modules.hardware import SLOW_BF16_RATIO, cpu_bf16_slowdown
+
 STEPS = 30
 
 
@@ -174,14 +176,19 @@ def test_the_cooldown_ends_at_the_trainers_max_steps_and_lowercased_bleu_is_logg
 
 def test_bf16_mixed_with_gradient_clipping_trains_with_the_fused_adam(tmp_path):
     """The GPU recipes' setting (bf16-mixed, gradient_clip_val 1.0, paper_adam's fused Adam), on CPU: Lightning's
-    plugin alone refuses to clip for a fused optimiser; the task clips the unscaled bf16 gradients itself."""
+    plugin alone refuses to clip for a fused optimiser; the task clips the unscaled bf16 gradients itself. A CPU
+    without native bf16 gets a warning at the fit's start."""
     config = tiny_run_config(tmp_path / "run", tmp_path / "cache", dropout=0.0, batch_size=16)
     config["trainer"].update(max_steps=6, val_check_interval=6, callbacks=[], precision="bf16-mixed",
                              gradient_clip_val=1e-3)
-    check(run_cli(["fit", "--config", write_config(tmp_path / "bf16.yaml", config)], tmp_path))
+    result = run_cli(["fit", "--config", write_config(tmp_path / "bf16.yaml", config)], tmp_path)
+    check(result)
     losses = [float(value) for value in series(metrics(tmp_path / "run/csv/version_0/metrics.csv"),
                                                "train/loss").values()]
     assert len(losses) == 6 and all(math.isfinite(loss) for loss in losses)
+    # on a CPU that emulates bf16 the fit says so at its start, with the fix; with native bf16 it says nothing
+    warned = "on a CPU without native bf16" in result.stderr and "--trainer.precision 32-true" in result.stderr
+    assert warned == (cpu_bf16_slowdown() > SLOW_BF16_RATIO), result.stderr[-3000:]
 
 
 @pytest.mark.slow  # about 3 minutes on 2 cores: .ci/run runs it with the other slow tests
