@@ -43,5 +43,5 @@ def slow_bf16_advice(precision: str, slowdown: float) -> str | None:
         return None
     return (f"precision {precision!r} on a CPU without native bf16: a bf16 matrix product measured {slowdown:.1f}x the "
             f"time of the float32 one here, so training runs several times slower than in float32 (native bf16 needs "
-            f"AVX512-BF16, AMX or ARM's BF16). Rerun with `--trainer.precision 32-true`; a recipe's step count and "
-            f"time bound were set for a CPU with native bf16 (its header says what to change).")
+            f"AVX512-BF16, AMX or ARM's BF16). Rerun with `--trainer.precision 32-true`; the CPU recipes' step counts "
+            f"and time bounds were set for a CPU with native bf16 (their headers say what to change).")
