@@ -264,16 +264,11 @@ class TaskModule(LightningModule):
         return self.compiled_forward if self.training and self.compiled_forward is not None else self.model
 
     def on_fit_start(self) -> None:
-        """Resolve `compile` now that the model is on its device (auto: CUDA and an unsharded model); warn when bf16
-        was asked of a CPU that only emulates it."""
+        """Resolve `compile` now that the model is on its device (auto: CUDA and an unsharded model)."""
         use = self.compile_model if self.compile_model is not None else (
             self.device.type == "cuda" and not self.is_sharded())
         if use and self.compiled_forward is None:
             self.compiled_forward = torch.compile(self.model.forward)
-        if self.device.type == "cpu" and str(self.trainer.precision).startswith("bf16"):
-            advice = slow_bf16_advice(str(self.trainer.precision), cpu_bf16_slowdown())
-            if advice is not None:
-                rank_zero_warn(advice)
 
     def training_step(self, batch: dict, batch_idx: int) -> dict[str, torch.Tensor]:
         loss_sum, nll_sum, tokens = self.forward_loss(batch)
@@ -509,7 +504,12 @@ class TaskModule(LightningModule):
             + start_fresh_advice(ckpt))
 
     def on_train_start(self) -> None:
-        # Applied here, after the restore and the sanity check, right before the next training batch.
+        # Warn when bf16 was asked of a CPU that only emulates it (lightning_modules.hardware).
+        if self.device.type == "cpu" and str(self.trainer.precision).startswith("bf16"):
+            advice = slow_bf16_advice(str(self.trainer.precision), cpu_bf16_slowdown())
+            if advice is not None:
+                rank_zero_warn(advice)
+        # The RNG streams: applied here, after the restore and the sanity check, right before the next training batch.
         state, self.rng_states_to_restore = self.rng_states_to_restore, None
         if state is None:
             return
