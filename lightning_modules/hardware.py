@@ -1,4 +1,4 @@
-"""What this machine does fast, measured rather than guessed from its name: checked once at the start of a fit."""
+"""What this machine does fast, measured rather than guessed from its name: checked once as training starts (`TaskModule.on_train_start`)."""
 
 from __future__ import annotations
 
