@@ -1,4 +1,5 @@
-"""What this machine does fast, measured rather than guessed from its name: checked once as training starts (`TaskModule.on_train_start`)."""
+"""What this machine does fast, measured rather than guessed from its name: checked once as training starts
+(`TaskModule.on_train_start`)."""
 
 from __future__ import annotations
 
