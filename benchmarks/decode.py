@@ -38,6 +38,7 @@ from transformers import AutoModelForSeq2SeqLM, AutoTokenizer, GenerationConfig,
 
 from benchmarks import common
 from hf_transformer import VaswaniForConditionalGeneration, train_tokenizer, translate
+from hf_transformer.ctranslate2 import int8_saturates
 from hf_transformer.quantization import quantize_int8
 
 STRATEGIES = {
@@ -326,6 +327,8 @@ def main() -> None:
     repeats = args.repeats or (2 if args.tiny else 3 if args.quick else 5)
     env = {**common.environment(device, dtype), "ctranslate2": ctranslate2.__version__,
            "ctranslate2_compute_types": ct2_compute_types(device, dtype, args.ct2_compute_types),
+           # oneDNN's int8 on an x86 CPU without VNNI, not Intel's: fast and wrong (hf_transformer.ctranslate2)
+           "ct2_use_mkl": os.environ.get("CT2_USE_MKL"), "ct2_int8_saturates": int8_saturates(),
            "load_average_before": list(os.getloadavg())}
     print(f"{env['device']} | {env['dtype']} | torch {env['torch']} | transformers {env['transformers']} | "
           f"ctranslate2 {env['ctranslate2']} {env['ctranslate2_compute_types']} | load average "

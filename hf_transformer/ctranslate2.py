@@ -39,6 +39,7 @@ import json
 import os
 import shutil
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -374,6 +375,25 @@ def ctranslate2_options(generation_config: GenerationConfig) -> dict[str, Any]:
     )
 
 
+# ----------------------------------------------------------------------------------------------------------------
+# Loading on a CPU
+# ----------------------------------------------------------------------------------------------------------------
+
+def int8_saturates() -> bool:
+    """Whether CTranslate2's int8 matrix products saturate in this process: on an x86-64 CPU that is not Intel's
+    (CTranslate2 computes with Intel MKL on Intel CPUs and with oneDNN on the others) and lacks the VNNI dot-product
+    instructions (AVX512-VNNI, AVX-VNNI), unless CT2_USE_MKL asks for MKL. oneDNN's int8 product then adds pairs of
+    u8 x s8 products in 16-bit lanes (vpmaddubsw), which saturate. The CPU is read from torch's cpuinfo; False where
+    torch cannot tell."""
+    get_capabilities = getattr(torch.cpu, "get_capabilities", None)  # absent from older torch releases
+    if get_capabilities is None or os.environ.get("CT2_USE_MKL", "").lower() in ("1", "true", "on", "yes"):
+        return False
+    capabilities = get_capabilities()
+    return (capabilities.get("architecture") == "x86_64"
+            and not (capabilities.get("avx512_vnni") or capabilities.get("avx_vnni"))
+            and "intel" not in str(capabilities.get("cpu_name", "")).lower())
+
+
 class CTranslate2Model:
     """A converted folder, loaded: `ctranslate2.Translator` + vocabulary + the model's decoding settings. Quacks like
     our model for translate(): `.config.max_position_embeddings`, `.config.vocab_size`, `.generation_config`."""
@@ -410,6 +430,14 @@ class CTranslate2Model:
                 f"`compute_type`={compute_type!r} is not supported on {device!r} by this CTranslate2 build; "
                 f"supported: {sorted(supported)} (or 'default', 'auto')."
             )
+        # "default" computes in the stored type, "auto" in int8 on a CPU
+        computes = {"default": settings.get("quantization", "float32"), "auto": "int8"}.get(compute_type, compute_type)
+        if device == "cpu" and computes.startswith("int8") and int8_saturates():
+            warnings.warn(
+                f"CTranslate2 computes int8 (`compute_type`={compute_type!r}) with oneDNN on this CPU (x86, not Intel, "
+                "without VNNI), whose int8 products saturate: most outputs change (README, \"Serving with "
+                "CTranslate2\"). Use compute_type='float32' here: exact, and faster than int8 with Intel MKL "
+                "(CT2_USE_MKL=1), which keeps the outputs but is slow on this CPU.", stacklevel=2)
         self.translator = ctranslate2.Translator(
             str(self.path), device=device, compute_type=compute_type, inter_threads=inter_threads,
             intra_threads=intra_threads,

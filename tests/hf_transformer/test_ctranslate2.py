@@ -7,11 +7,13 @@ import json
 import os
 import subprocess
 import sys
+import warnings
 
 import pytest
 import torch
+from benchmarks.ctranslate2_exactness import reproduced_under_jitter
 from data_utils import multi30k_lines
-from helpers import REPO_ROOT, json_result, run_python
+from helpers import REPO_ROOT, RESULT_PREFIX, json_result, run_python
 from model_utils import reverse_task_batch, tiny_config, tiny_model, train_reverse_model
 from transformers import GenerationConfig
 
@@ -29,6 +31,7 @@ from hf_transformer.ctranslate2 import (
     check_convertible,
     convert_to_ctranslate2,
     ctranslate2_options,
+    int8_saturates,
     main,
 )
 from hf_transformer.translation import paper_generation_config
@@ -72,6 +75,20 @@ def decode_both(model, engine, sources, num_beams: int, length_penalty: float | 
     return ours, theirs
 
 
+def differences_are_rounding_ties(model, sources, ours, theirs, num_beams: int,
+                                  length_penalty: float | None = None) -> list[int]:
+    """The indices where CTranslate2's output differs from ours, after checking that each difference is a near-tie
+    decided by float32 rounding: our own generate() returns CTranslate2's output when the scores move by 1e-5
+    (benchmarks/ctranslate2_exactness.py, reproduced_under_jitter). CTranslate2's matrix kernels round otherwise
+    (they differ by CPU), so two candidates closer than that may swap: seen on an AVX2 CPU, two beam-4 candidates
+    5e-7 apart; a difference of the algorithm would not be reproduced that way."""
+    differing = [index for index, (a, b) in enumerate(zip(ours, theirs)) if a != b]
+    for index in differing:
+        config = paper_generation_config(model, len(sources[index]), num_beams, length_penalty)
+        assert reproduced_under_jitter(model, sources[index], config, theirs[index]), (index, ours[index], theirs[index])
+    return differing
+
+
 @pytest.fixture(autouse=True)
 def one_thread():
     """One intra-op thread, as CTranslate2's engine here (intra_threads=1), restored afterwards: later tests of the
@@ -91,8 +108,9 @@ def test_supported_configuration_decodes_identically(name, tokenizer, tmp_path):
 
     beam, beam_ct2 = decode_both(model, engine, sources, num_beams=4)
     greedy, greedy_ct2 = decode_both(model, engine, sources, num_beams=1)
-    assert beam_ct2 == beam
-    assert greedy_ct2 == greedy
+    # identical but for near-ties that float32 rounding decides, and those rare (none on most CPUs)
+    assert len(differences_are_rounding_ties(model, sources, beam, beam_ct2, num_beams=4)) <= 1
+    assert len(differences_are_rounding_ties(model, sources, greedy, greedy_ct2, num_beams=1)) <= 1
     # the comparison exercises what it should: outputs that stop at </s>, at several lengths, and beam search that
     # picks other outputs than greedy search
     assert all(output[-1] == model.config.eos_token_id for output in beam)
@@ -101,7 +119,7 @@ def test_supported_configuration_decodes_identically(name, tokenizer, tmp_path):
     if name == "paper":  # alpha 0 (CTranslate2 has another stopping rule there) and a long-favouring alpha
         for alpha in (0.0, 1.5):
             ours, theirs = decode_both(model, engine, sources, num_beams=4, length_penalty=alpha)
-            assert theirs == ours, alpha
+            assert len(differences_are_rounding_ties(model, sources, ours, theirs, 4, alpha)) <= 1, alpha
 
 
 def test_translate_backend_ctranslate2_matches_pytorch(tokenizer, tmp_path):
@@ -132,16 +150,45 @@ def test_translate_backend_ctranslate2_matches_pytorch(tokenizer, tmp_path):
 
 
 def test_int8_mostly_agrees_with_float32(tokenizer, tmp_path):
+    """The int8 export decodes mostly as float32 does, on a backend whose int8 products are exact: every CPU but an
+    x86 one that is neither Intel's nor has VNNI, where CTranslate2 computes with oneDNN, whose int8 products
+    saturate. There the test decodes in a child process with Intel MKL (CT2_USE_MKL=1), and checks that loading
+    int8 in this process warns, and rightly: far fewer outputs agree (measured on an AMD EPYC with AVX2: 4 of 32,
+    29 of 32 with MKL)."""
     model = train_reverse_model(300, seed=1, vocab_size=len(tokenizer))
     before = {name: tensor.clone() for name, tensor in model.state_dict().items()}
     folder = convert_to_ctranslate2(model, tmp_path / "ct2", quantization="int8", tokenizer=tokenizer)
     assert all(torch.equal(before[name], tensor) for name, tensor in model.state_dict().items())  # copies quantized
     assert json.loads((folder / SETTINGS_FILE).read_text())["quantization"] == "int8"
-    engine = CTranslate2Model(folder, intra_threads=1)  # int8 weights, int8 compute
     sources = reverse_sources(32, seed=7)
-    ours, theirs = decode_both(model, engine, sources, num_beams=4)
+    ours = [model.generate(input_ids=torch.tensor([ids]), generation_config=paper_generation_config(
+        model, len(ids), 4, None))[0].tolist() for ids in sources]
+
+    saturates = int8_saturates()
+    code = f"""
+        import json
+        from hf_transformer.ctranslate2 import CTranslate2Model
+        from hf_transformer.translation import paper_generation_config
+
+        engine = CTranslate2Model({str(folder)!r}, intra_threads=1)  # int8 weights, int8 compute
+        sources = json.loads({json.dumps(sources)!r})
+        outputs = [engine.generate([ids], paper_generation_config(engine, len(ids), 4, None))[0] for ids in sources]
+        print({RESULT_PREFIX!r} + json.dumps(outputs))
+    """
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **({"CT2_USE_MKL": "1"} if saturates else {})}
+    theirs = json_result(run_python(code, env, timeout=300, cwd=REPO_ROOT))
     agree = sum(a == b for a, b in zip(ours, theirs))
     assert agree >= 0.8 * len(sources), (agree, len(sources))
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        engine = CTranslate2Model(folder, intra_threads=1)
+    messages = [str(warning.message) for warning in caught if "saturate" in str(warning.message)]
+    assert len(messages) == int(saturates), messages
+    if saturates:
+        assert "compute_type='float32'" in messages[0]
+        here = [engine.generate([ids], paper_generation_config(model, len(ids), 4, None))[0] for ids in sources]
+        assert sum(a == b for a, b in zip(ours, here)) < 0.8 * len(sources)
 
 
 @pytest.mark.parametrize(
